@@ -1,0 +1,36 @@
+# Thin wrapper over Meson. `make run` and `make test` are the contract with a
+# new user: each installs what it needs, builds, and does the thing.
+BUILD ?= build
+MESON_FLAGS ?=
+
+.PHONY: all deps build run stop test unit e2e bench fuzz asan clean
+
+all: build
+
+deps:
+	@scripts/install-deps.sh
+
+$(BUILD)/build.ninja:
+	meson setup $(BUILD) $(MESON_FLAGS)
+
+build: deps $(BUILD)/build.ninja
+	ninja -C $(BUILD)
+
+run: build
+	scripts/run.sh $(BUILD)
+
+test: build
+	scripts/test.sh $(BUILD)
+
+unit: build
+	meson test -C $(BUILD) --print-errorlogs
+
+e2e: build
+	MOAT_BUILD=$(abspath $(BUILD)) /usr/bin/python3 -m pytest -q tests/e2e sdk/python/tests
+
+bench: build
+	@scripts/install-deps.sh --bench
+	bench/run.sh $(BUILD)
+
+clean:
+	rm -rf $(BUILD)

@@ -1,0 +1,86 @@
+/* The isolation cell: everything between "moatd decided to create a sandbox"
+ * and "moat-init runs as PID 1 inside it", and the teardown after. Knows
+ * nothing of HTTP, JSON or SQLite.
+ *
+ * Threading: moat_cell_runtime_init() once at start-up on the main thread.
+ * moat_cell_create() and moat_cell_destroy() block for milliseconds and are
+ * meant for a worker thread; they are safe to call concurrently. */
+#pragma once
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "../common/error.h"
+
+struct moat_cell_runtime; /* process-wide: cgroup layout, seccomp program, init binary */
+
+struct moat_cell_runtime_options {
+        const char *init_path;     /* the static moat-init binary to run as PID 1 */
+        const char *run_dir;       /* e.g. /run/moat: per-sandbox control sockets live here */
+        const char *cgroup_parent; /* NULL: "<moatd's own cgroup>/moat" per hierarchy */
+};
+
+int moat_cell_runtime_init(const struct moat_cell_runtime_options *options,
+                           struct moat_cell_runtime **ret_runtime, struct moat_error **err);
+void moat_cell_runtime_free(struct moat_cell_runtime *runtime);
+/* "v1" or "v2": which cgroup layout the runtime detected. */
+const char *moat_cell_runtime_cgroup_version(const struct moat_cell_runtime *runtime);
+
+#define MOAT_CELL_LOWER_MAX 64
+
+struct moat_cell_config {
+        const char *id;       /* sandbox id: names the cgroup and the control socket */
+        const char *hostname; /* <= 64 bytes */
+        /* Read-only image layers, top-most first, each a directory holding a root
+         * filesystem. Presented through idmapped mounts so files owned by host
+         * root appear owned by sandbox root. */
+        const char *lowers[MOAT_CELL_LOWER_MAX];
+        unsigned lower_count;
+        bool bind_host_usr; /* the `host` image: host /usr read-only over /usr */
+        uint64_t memory_bytes; /* memory limit; swap is not allowed beyond it */
+        uint64_t disk_bytes;   /* size of the private writable layer */
+        uint32_t pids_max;
+        uint32_t cpu_millis;   /* CPU quota in thousandths of a core; 0 = unlimited */
+        uid_t host_id_base;    /* sandbox uid/gid 0 maps to this host id */
+        uint32_t id_count;     /* ... and this many ids are mapped (65536) */
+};
+
+struct moat_cell {
+        char id[64];
+        pid_t pid;    /* host pid of moat-init (PID 1 of the sandbox) */
+        int pidfd;    /* pollable: readable once init has exited */
+        char control_path[256]; /* unix socket init listens on */
+        struct moat_cell_runtime *runtime;
+        char cgroup_paths[4][256]; /* per hierarchy; [0] only on v2 */
+        unsigned cgroup_count;
+        bool reaped;
+        int exit_status; /* wait status of init once reaped */
+};
+
+/* Build the sandbox and start moat-init in it. On success init is running
+ * and listening on cell->control_path. On failure nothing is left behind. */
+int moat_cell_create(struct moat_cell_runtime *runtime, const struct moat_cell_config *config,
+                     struct moat_cell **ret_cell, struct moat_error **err);
+
+/* SIGKILL every process in the sandbox (init first: the kernel then kills the
+ * whole pid namespace). Never blocks. Safe to call repeatedly. */
+void moat_cell_kill(struct moat_cell *cell);
+
+/* Reap init if it has exited (non-blocking). Returns true once reaped. */
+bool moat_cell_try_reap(struct moat_cell *cell);
+
+/* Kill, reap, wait for the cgroup to empty, remove the cgroups, the control
+ * socket. Blocks (bounded, a few ms). Frees the cell. */
+int moat_cell_destroy(struct moat_cell *cell, struct moat_error **err);
+
+struct moat_cell_stats {
+        uint64_t memory_current, memory_peak; /* bytes */
+        uint64_t cpu_usage_ns;
+        uint64_t oom_kills; /* processes killed by the OOM killer in this cell */
+        uint32_t pids_current;
+};
+int moat_cell_read_stats(const struct moat_cell *cell, struct moat_cell_stats *stats, struct moat_error **err);
+
+/* Remove leftovers of a sandbox this daemon no longer tracks (after a crash):
+ * kill its cgroups' processes and remove them, and the control socket. */
+int moat_cell_reap_orphan(struct moat_cell_runtime *runtime, const char *id, struct moat_error **err);

@@ -20,7 +20,7 @@ step() {
   fi
 }
 
-step meson test -C "$build" --print-errorlogs --suite unit
+step meson test -C "$build" --print-errorlogs
 step "$py" -m pytest -q -p no:cacheprovider tests/init
 step "$py" -m pytest -q -p no:cacheprovider tests/e2e sdk/python/tests
 exit $status

@@ -58,7 +58,9 @@ int moat_error_wrap(struct moat_error **err, const char *fmt, ...)
         vsnprintf(prefix, sizeof(prefix), fmt, ap);
         va_end(ap);
         memcpy(old, (*err)->message, sizeof(old));
-        snprintf((*err)->message, sizeof((*err)->message), "%s: %s", prefix, old);
+        /* Truncation is acceptable: the message is for humans. */
+        if (snprintf((*err)->message, sizeof((*err)->message), "%s: %s", prefix, old) < 0)
+                (*err)->message[0] = '\0';
         return -1;
 }
 

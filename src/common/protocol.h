@@ -23,6 +23,15 @@
  *    process reads from its pipe.
  *  - init also stops reading pipes while its outgoing socket queue exceeds
  *    MOAT_INIT_OUTQUEUE_MAX (for example while moatd is restarting).
+ *
+ * Reconnection (a new connection replaces the old one):
+ *  - frames queued for the old peer go to the new one; a peer must ignore
+ *    SPAWNED/SPAWN_FAILED cookies it does not know;
+ *  - output credit restarts at MOAT_INITIAL_OUTPUT_CREDIT per stream, less
+ *    what is already queued for that stream;
+ *  - stdin the old peer sent that the process has not yet read is dropped
+ *    (the new peer cannot know what was sent).
+ * SIGNAL numbers outside 1..64 are a protocol error.
  */
 #pragma once
 #include <stdbool.h>

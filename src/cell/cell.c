@@ -1,0 +1,396 @@
+/* The isolation cell's lifecycle: create (cgroups, control socket, clone3
+ * into new namespaces, the parent's half of the set-up, wait for init's
+ * exec), kill, reap, stats, destroy, and reaping what a crashed moatd left.
+ * The child's half is the checklist in child.c. */
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/sched.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "../common/cleanup.h"
+#include "cell_internal.h"
+
+#define CHILD_SETUP_TIMEOUT_MS 10000
+#define MIN_DISK_BYTES (1024ULL * 1024)
+#define MIN_ID_COUNT 1024u
+
+static bool valid_name(const char *name, size_t max, const char *extra)
+{
+        size_t length;
+
+        if (!name)
+                return false;
+        length = strnlen(name, max + 1);
+        if (length == 0 || length > max || name[0] == '.' || name[0] == '-')
+                return false;
+        for (size_t i = 0; i < length; i++)
+                if (!isalnum((unsigned char)name[i]) && !strchr(extra, name[i]))
+                        return false;
+        return true;
+}
+
+static int validate_config(const struct moat_cell_config *config, struct moat_error **err)
+{
+        if (!config)
+                return moat_error_invalid(err, "no cell config");
+        if (!valid_name(config->id, sizeof(((struct moat_cell *)0)->id) - 1, "-_."))
+                return moat_error_invalid(err, "sandbox id must be 1-63 characters of [A-Za-z0-9._-]");
+        if (!valid_name(config->hostname, 64, "-."))
+                return moat_error_invalid(err, "hostname must be 1-64 characters of [A-Za-z0-9.-]");
+        if (config->lower_count == 0 || config->lower_count > MOAT_CELL_LOWER_MAX)
+                return moat_error_invalid(err, "a cell needs 1 to %d image layers", MOAT_CELL_LOWER_MAX);
+        for (unsigned i = 0; i < config->lower_count; i++)
+                if (!config->lowers[i] || config->lowers[i][0] != '/' || strlen(config->lowers[i]) >= PATH_MAX)
+                        return moat_error_invalid(err, "image layer %u is not an absolute path", i);
+        if (config->disk_bytes < MIN_DISK_BYTES)
+                return moat_error_invalid(err, "disk_bytes must be at least 1 MiB");
+        /* Host id 0 would make sandbox root host root. */
+        if (config->host_id_base == 0 || config->id_count < MIN_ID_COUNT ||
+            (uint64_t)config->host_id_base + config->id_count > UINT32_MAX - 1)
+                return moat_error_invalid(err, "the id range must start above 0 and hold at least %u ids",
+                                          MIN_ID_COUNT);
+        if (config->cpu_millis != 0 && config->cpu_millis < 10)
+                return moat_error_invalid(err, "cpu_millis must be 0 (unlimited) or at least 10");
+        return 0;
+}
+
+/* The listening socket init inherits. Root-only (0600 in a 0700 dir): only
+ * moatd may talk to init; a sandbox never sees it (it is outside its
+ * filesystem view). */
+static int make_control_socket(const char *path, struct moat_error **err)
+{
+        _cleanup_close_ int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        struct sockaddr_un address = { .sun_family = AF_UNIX };
+
+        if (fd < 0)
+                return moat_error_system(err, errno, "socket");
+        if (strlen(path) >= sizeof(address.sun_path))
+                return moat_error_invalid(err, "control socket path `%s` is too long", path);
+        memcpy(address.sun_path, path, strlen(path) + 1);
+        if (bind(fd, (struct sockaddr *)&address, sizeof(address)) < 0) {
+                if (errno == EADDRINUSE)
+                        return moat_error_set(err, MOAT_ERROR_CONFLICT, errno, "sandbox_exists", "bind `%s`", path);
+                return moat_error_system(err, errno, "bind `%s`", path);
+        }
+        /* Before listen(): until then nobody can connect anyway. */
+        if (chmod(path, 0600) < 0 || listen(fd, 8) < 0) {
+                int saved = errno;
+                unlink(path);
+                return moat_error_system(err, saved, "chmod/listen `%s`", path);
+        }
+        return TAKE_FD(fd);
+}
+
+/* The "go" message: one byte plus the idmapped mount fds. */
+static int send_go(int sync_fd, const int *fds, unsigned count, struct moat_error **err)
+{
+        union {
+                char buffer[CMSG_SPACE(sizeof(int) * (MOAT_CELL_LOWER_MAX + 1))];
+                struct cmsghdr align;
+        } control;
+        char byte = 'G';
+        struct iovec iov = { .iov_base = &byte, .iov_len = 1 };
+        struct msghdr message = { .msg_iov = &iov, .msg_iovlen = 1 };
+
+        if (count) {
+                memset(&control, 0, sizeof(control));
+                message.msg_control = control.buffer;
+                message.msg_controllen = CMSG_SPACE(sizeof(int) * count);
+                struct cmsghdr *c = CMSG_FIRSTHDR(&message);
+                c->cmsg_level = SOL_SOCKET;
+                c->cmsg_type = SCM_RIGHTS;
+                c->cmsg_len = CMSG_LEN(sizeof(int) * count);
+                memcpy(CMSG_DATA(c), fds, sizeof(int) * count);
+        }
+        if (sendmsg(sync_fd, &message, MSG_NOSIGNAL) != 1)
+                return moat_error_system(err, errno, "send go to child");
+        return 0;
+}
+
+/* Wait until the child execs init (the sync socket reaches EOF: it was
+ * CLOEXEC) or reports a failed step. */
+static int wait_for_child(struct moat_cell *cell, int sync_fd, struct moat_error **err)
+{
+        struct moat_child_report report;
+        struct pollfd p = { .fd = sync_fd, .events = POLLIN };
+        siginfo_t info = { 0 };
+        ssize_t n;
+        int r;
+
+        do
+                r = poll(&p, 1, CHILD_SETUP_TIMEOUT_MS);
+        while (r < 0 && errno == EINTR);
+        if (r == 0)
+                return moat_error_set(err, MOAT_ERROR_TIMEOUT, 0, "cell_setup_timeout",
+                                      "sandbox set-up did not finish in %d ms", CHILD_SETUP_TIMEOUT_MS);
+        if (r < 0)
+                return moat_error_system(err, errno, "poll sync socket");
+        n = recv(sync_fd, &report, sizeof(report), 0);
+        if (n == (ssize_t)sizeof(report)) {
+                report.syscall[sizeof(report.syscall) - 1] = '\0';
+                report.path[sizeof(report.path) - 1] = '\0';
+                return moat_error_set(err, MOAT_ERROR_SYSTEM, report.errno_value, "cell_setup_failed",
+                                      "sandbox set-up failed at step `%s`: %s `%s`",
+                                      moat_child_step_name(report.step), report.syscall, report.path);
+        }
+        if (n != 0)
+                return moat_error_system(err, n < 0 ? errno : EPROTO, "read child report");
+        /* EOF: exec'd, or died without a word (e.g. killed). */
+        if (waitid((idtype_t)P_PIDFD, (id_t)cell->pidfd, &info, WEXITED | WNOHANG | WNOWAIT) == 0 && info.si_pid)
+                return moat_error_set(err, MOAT_ERROR_SYSTEM, 0, "cell_setup_failed",
+                                      "sandbox init exited during set-up (code %d, status %d)", info.si_code,
+                                      info.si_status);
+        return 0;
+}
+
+static void close_all(int *fds, unsigned count)
+{
+        for (unsigned i = 0; i < count; i++)
+                if (fds[i] >= 0)
+                        close(fds[i]);
+}
+
+/* The parent's half, between clone3 and "go": everything that needs real
+ * root on the host. */
+static int prepare_child(struct moat_cell *cell, const struct moat_cell_config *config, int sync_fd,
+                         struct moat_error **err)
+{
+        int mount_fds[MOAT_CELL_LOWER_MAX + 1];
+        unsigned count = 0;
+        _cleanup_close_ int userns_fd = -1;
+        char path[64];
+        int r = -1;
+
+        if (moat_userns_write_maps(cell->pid, config->host_id_base, config->id_count, err) < 0)
+                return -1;
+        if (cell->runtime->cgroup_version == MOAT_CGROUP_V1 && moat_cgroup_attach(cell, cell->pid, err) < 0)
+                return -1;
+        if (moat_rlimits_apply(cell->pid, err) < 0)
+                return -1;
+        snprintf(path, sizeof(path), "/proc/%d/ns/user", (int)cell->pid);
+        userns_fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (userns_fd < 0)
+                return moat_error_system(err, errno, "open `%s`", path);
+        for (unsigned i = 0; i < config->lower_count; i++) {
+                mount_fds[count] = moat_idmap_open_tree(config->lowers[i], userns_fd, err);
+                if (mount_fds[count] < 0)
+                        goto out;
+                count++;
+        }
+        if (config->bind_host_usr) {
+                mount_fds[count] = moat_idmap_open_tree("/usr", userns_fd, err);
+                if (mount_fds[count] < 0)
+                        goto out;
+                count++;
+        }
+        r = send_go(sync_fd, mount_fds, count, err);
+out:
+        close_all(mount_fds, count);
+        return r;
+}
+
+static void abandon_cell(struct moat_cell *cell)
+{
+        struct moat_error *ignored = NULL;
+
+        if (cell->pidfd >= 0) {
+                moat_cell_kill(cell);
+                while (!cell->reaped && waitpid(cell->pid, &cell->exit_status, __WALL) < 0 && errno == EINTR)
+                        ;
+                cell->reaped = true;
+        }
+        moat_cgroup_remove(cell, &ignored);
+        moat_error_free(ignored);
+        if (cell->control_path[0])
+                unlink(cell->control_path);
+        if (cell->pidfd >= 0)
+                close(cell->pidfd);
+        free(cell);
+}
+
+int moat_cell_create(struct moat_cell_runtime *runtime, const struct moat_cell_config *config,
+                     struct moat_cell **ret_cell, struct moat_error **err)
+{
+        struct moat_cell *cell = NULL;
+        struct moat_child_plan plan = { 0 };
+        _cleanup_close_ int control_fd = -1, cgroup_fd = -1;
+        int sync_fds[2] = { -1, -1 };
+        struct clone_args args = { 0 };
+        long pid;
+
+        if (!runtime || !ret_cell)
+                return moat_error_invalid(err, "no runtime or result pointer");
+        if (validate_config(config, err) < 0)
+                return -1;
+        cell = calloc(1, sizeof(*cell));
+        if (!cell)
+                return moat_error_system(err, ENOMEM, "allocate cell");
+        cell->runtime = runtime;
+        cell->pidfd = -1;
+        snprintf(cell->id, sizeof(cell->id), "%s", config->id);
+
+        if (moat_cgroup_create(cell, config, err) < 0)
+                goto fail;
+        if ((size_t)snprintf(cell->control_path, sizeof(cell->control_path), "%s/%s.sock", runtime->sandboxes_dir,
+                             config->id) >= sizeof(cell->control_path)) {
+                moat_error_invalid(err, "control socket path is too long");
+                goto fail;
+        }
+        control_fd = make_control_socket(cell->control_path, err);
+        if (control_fd < 0) {
+                if (err && *err && (*err)->kind == MOAT_ERROR_CONFLICT)
+                        cell->control_path[0] = '\0'; /* not ours: do not unlink */
+                goto fail;
+        }
+
+        plan.runtime = runtime;
+        plan.config = config;
+        plan.control_fd = control_fd;
+        snprintf(plan.control_fd_text, sizeof(plan.control_fd_text), "%d", control_fd);
+        plan.init_argv[0] = "moat-init";
+        plan.init_argv[1] = "--control-fd";
+        plan.init_argv[2] = plan.control_fd_text;
+        plan.init_envp[0] = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+        if (moat_rootfs_build_plan(&plan, err) < 0)
+                goto fail;
+        if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sync_fds) < 0) {
+                moat_error_system(err, errno, "socketpair");
+                goto fail;
+        }
+        plan.sync_fd = sync_fds[1];
+
+        args.flags = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWUTS | CLONE_NEWIPC |
+                     CLONE_PIDFD;
+        args.pidfd = (uint64_t)(uintptr_t)&cell->pidfd;
+        args.exit_signal = SIGCHLD;
+        /* v2: born inside its cgroup, so not one page is charged elsewhere. */
+        cgroup_fd = moat_cgroup_open_v2(cell, err);
+        if (cgroup_fd >= 0) {
+                args.flags |= CLONE_INTO_CGROUP;
+                args.cgroup = (uint64_t)cgroup_fd;
+        } else if (runtime->cgroup_version == MOAT_CGROUP_V2) {
+                goto fail;
+        }
+        /* fork-style (no CLONE_VM): the child gets a copy of this thread. */
+        pid = syscall(SYS_clone3, &args, sizeof(args));
+        if (pid == 0)
+                moat_child_main(&plan); /* never returns */
+        if (pid < 0) {
+                moat_error_system(err, errno, "clone3");
+                goto fail;
+        }
+        cell->pid = (pid_t)pid;
+        close(sync_fds[1]);
+        sync_fds[1] = -1;
+
+        if (prepare_child(cell, config, sync_fds[0], err) < 0 || wait_for_child(cell, sync_fds[0], err) < 0) {
+                moat_error_wrap(err, "create sandbox `%s`", config->id);
+                goto fail;
+        }
+        close(sync_fds[0]);
+        *ret_cell = cell;
+        return 0;
+fail:
+        close_all(sync_fds, 2);
+        abandon_cell(cell);
+        return -1;
+}
+
+void moat_cell_kill(struct moat_cell *cell)
+{
+        if (!cell)
+                return;
+        /* Killing PID 1 of a pid namespace makes the kernel kill every
+         * other process in it. */
+        if (cell->pidfd >= 0 && !cell->reaped)
+                syscall(SYS_pidfd_send_signal, cell->pidfd, SIGKILL, NULL, 0);
+        if (cell->runtime->cgroup_version == MOAT_CGROUP_V2)
+                moat_cgroup_kill(cell);
+}
+
+bool moat_cell_try_reap(struct moat_cell *cell)
+{
+        int status;
+
+        if (!cell)
+                return false;
+        if (!cell->reaped && waitpid(cell->pid, &status, WNOHANG | __WALL) == cell->pid) {
+                cell->exit_status = status;
+                cell->reaped = true;
+        }
+        return cell->reaped;
+}
+
+int moat_cell_destroy(struct moat_cell *cell, struct moat_error **err)
+{
+        int r = 0;
+
+        if (!cell)
+                return 0;
+        moat_cell_kill(cell);
+        while (!cell->reaped) {
+                int status;
+                pid_t got = waitpid(cell->pid, &status, __WALL);
+                if (got == cell->pid) {
+                        cell->exit_status = status;
+                        cell->reaped = true;
+                } else if (got < 0 && errno != EINTR) {
+                        /* ECHILD: someone else reaped it; nothing to wait for. */
+                        cell->reaped = true;
+                }
+        }
+        if (moat_cgroup_remove(cell, err) < 0)
+                r = moat_error_wrap(err, "destroy sandbox `%s`", cell->id);
+        if (unlink(cell->control_path) < 0 && errno != ENOENT && r == 0)
+                r = moat_error_system(err, errno, "unlink `%s`", cell->control_path);
+        if (cell->pidfd >= 0)
+                close(cell->pidfd);
+        free(cell);
+        return r;
+}
+
+int moat_cell_read_stats(const struct moat_cell *cell, struct moat_cell_stats *stats, struct moat_error **err)
+{
+        if (!cell || !stats)
+                return moat_error_invalid(err, "no cell or stats");
+        return moat_cgroup_read_stats(cell, stats, err);
+}
+
+int moat_cell_reap_orphan(struct moat_cell_runtime *runtime, const char *id, struct moat_error **err)
+{
+        _cleanup_free_ struct moat_cell *cell = NULL;
+        char path[sizeof(cell->control_path)];
+
+        if (!runtime)
+                return moat_error_invalid(err, "no runtime");
+        if (!valid_name(id, sizeof(cell->id) - 1, "-_."))
+                return moat_error_invalid(err, "sandbox id must be 1-63 characters of [A-Za-z0-9._-]");
+        cell = calloc(1, sizeof(*cell));
+        if (!cell)
+                return moat_error_system(err, ENOMEM, "allocate cell");
+        cell->runtime = runtime;
+        cell->pidfd = -1;
+        if (moat_cgroup_paths(cell, id, err) < 0)
+                return -1;
+        /* Killing every listed process includes the orphan's init, which
+         * takes its whole pid namespace with it. */
+        moat_cgroup_kill(cell);
+        if (moat_cgroup_remove(cell, err) < 0)
+                return moat_error_wrap(err, "reap orphan `%s`", id);
+        if ((size_t)snprintf(path, sizeof(path), "%s/%s.sock", runtime->sandboxes_dir, id) < sizeof(path) &&
+            unlink(path) < 0 && errno != ENOENT)
+                return moat_error_system(err, errno, "unlink `%s`", path);
+        return 0;
+}

@@ -1,0 +1,31 @@
+"""moat: sandboxes on your own Linux host.
+
+    import moat
+    with moat.Sandbox.create() as sb:
+        p = sb.exec("python3", "-c", "print(1)")
+        print(p.stdout.read(), p.wait())
+"""
+
+from ._transport import Client, DEFAULT_SOCKET
+from .errors import (Conflict, Error, ExecNotFound, InternalError, InvalidArgument,
+                     LimitExceeded, MethodNotAllowed, NotFound, OutputTooLarge,
+                     PayloadTooLarge, SandboxNotRunning, SandboxTerminated, StdinClosed,
+                     Timeout, Unavailable)
+from .process import Process, StdinWriter, StreamReader
+from .sandbox import CommandResult, Sandbox
+
+__version__ = "0.1.0"
+
+
+def health(socket=None):
+    """moatd's /v1/health document (raises moat.Unavailable if it is not running)."""
+    return Client(socket).request("GET", "/v1/health")
+
+
+__all__ = [
+    "Client", "CommandResult", "Conflict", "DEFAULT_SOCKET", "Error", "ExecNotFound",
+    "InternalError", "InvalidArgument", "LimitExceeded", "MethodNotAllowed", "NotFound",
+    "OutputTooLarge", "PayloadTooLarge", "Process", "Sandbox", "SandboxNotRunning",
+    "SandboxTerminated", "StdinClosed", "StdinWriter", "StreamReader", "Timeout",
+    "Unavailable", "health",
+]

@@ -6,7 +6,7 @@ set -euo pipefail
 build=(meson ninja-build pkg-config gcc libc6-dev
        libevent-dev libjansson-dev libseccomp-dev libsqlite3-dev libcurl4-openssl-dev)
 test=(libcmocka-dev python3 python3-pytest iproute2 procps util-linux)
-bench=(crun runc bubblewrap debootstrap)
+bench=(crun runc runsc bubblewrap debootstrap)
 
 want=("${build[@]}" "${test[@]}")
 case "${1:-}" in

@@ -1,0 +1,532 @@
+#include "api.h"
+
+#include <errno.h>
+#include <sys/queue.h>
+#include <event2/buffer.h>
+#include <event2/keyvalq_struct.h>
+#include <event2/listener.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "common/cleanup.h"
+#include "log.h"
+#include "request.h"
+
+#define API_HEADERS_MAX (16 * 1024)
+/* Seconds a client may stall while sending a request or reading a reply
+ * before its connection is dropped; held requests (waits) do not read or
+ * write and are not subject to it. */
+#define API_IO_TIMEOUT_S 60
+#define API_STREAM_TIMEOUT_S (24 * 3600)
+
+struct api_hold {
+        struct api_hold *next, *prev;
+        struct moatd *daemon;
+        struct evhttp_request *request;
+        struct evhttp_connection *connection;
+        api_hold_gone_fn gone;
+        void *gone_arg;
+        api_hold_drained_fn drained;
+        void *drained_arg;
+        bool streaming;
+};
+
+/* ---- error replies ---- */
+
+int api_error_status(const struct moat_error *error, const char **ret_reason)
+{
+        if (strcmp(error->code, "payload_too_large") == 0) {
+                *ret_reason = "Payload Too Large";
+                return 413;
+        }
+        if (strcmp(error->code, "method_not_allowed") == 0) {
+                *ret_reason = "Method Not Allowed";
+                return 405;
+        }
+        switch (error->kind) {
+        case MOAT_ERROR_INVALID_ARGUMENT:
+                *ret_reason = "Bad Request";
+                return 400;
+        case MOAT_ERROR_NOT_FOUND:
+                *ret_reason = "Not Found";
+                return 404;
+        case MOAT_ERROR_CONFLICT:
+                *ret_reason = "Conflict";
+                return 409;
+        case MOAT_ERROR_LIMIT_EXCEEDED:
+                *ret_reason = "Too Many Requests";
+                return 429;
+        case MOAT_ERROR_TIMEOUT:
+                *ret_reason = "Gateway Timeout";
+                return 504;
+        case MOAT_ERROR_UNAVAILABLE:
+                *ret_reason = "Service Unavailable";
+                return 503;
+        case MOAT_ERROR_SYSTEM:
+        case MOAT_ERROR_INTERNAL:
+                break;
+        }
+        *ret_reason = "Internal Server Error";
+        return 500;
+}
+
+json_t *api_error_json(const struct moat_error *error)
+{
+        return json_pack("{s:{s:s,s:s}}", "error", "code", error->code, "message", error->message);
+}
+
+void api_set_json_headers(struct evhttp_request *request)
+{
+        struct evkeyvalq *headers = evhttp_request_get_output_headers(request);
+
+        evhttp_remove_header(headers, "Content-Type");
+        evhttp_add_header(headers, "Content-Type", "application/json");
+}
+
+static const char *reason_for(int status)
+{
+        switch (status) {
+        case 200:
+                return "OK";
+        case 201:
+                return "Created";
+        default:
+                return "";
+        }
+}
+
+void api_reply_json(struct evhttp_request *request, int status, json_t *body)
+{
+        struct evbuffer *buffer = evbuffer_new();
+        char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+
+        if (body)
+                json_decref(body);
+        if (!buffer || !text) {
+                free(text);
+                if (buffer)
+                        evbuffer_free(buffer);
+                evhttp_send_error(request, 500, "out of memory");
+                return;
+        }
+        evbuffer_add(buffer, text, strlen(text));
+        evbuffer_add(buffer, "\n", 1);
+        free(text);
+        api_set_json_headers(request);
+        evhttp_send_reply(request, status, reason_for(status), buffer);
+        evbuffer_free(buffer);
+}
+
+void api_reply_error(struct evhttp_request *request, const struct moat_error *error)
+{
+        const char *reason;
+        int status = api_error_status(error, &reason);
+        struct evbuffer *buffer = evbuffer_new();
+        json_t *body = api_error_json(error);
+        char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+
+        if (body)
+                json_decref(body);
+        if (!buffer || !text) {
+                free(text);
+                if (buffer)
+                        evbuffer_free(buffer);
+                evhttp_send_error(request, status, reason);
+                return;
+        }
+        evbuffer_add(buffer, text, strlen(text));
+        evbuffer_add(buffer, "\n", 1);
+        free(text);
+        api_set_json_headers(request);
+        evhttp_send_reply(request, status, reason, buffer);
+        evbuffer_free(buffer);
+}
+
+void api_reply_new_error(struct evhttp_request *request, enum moat_error_kind kind, const char *code,
+                         const char *fmt, ...)
+{
+        struct moat_error error = {.kind = kind};
+        va_list ap;
+
+        snprintf(error.code, sizeof(error.code), "%s", code ? code : moat_error_kind_code(kind));
+        va_start(ap, fmt);
+        vsnprintf(error.message, sizeof(error.message), fmt, ap);
+        va_end(ap);
+        api_reply_error(request, &error);
+}
+
+const char *api_body(struct evhttp_request *request, size_t *ret_length)
+{
+        struct evbuffer *input = evhttp_request_get_input_buffer(request);
+        size_t length = evbuffer_get_length(input);
+        const char *data;
+
+        *ret_length = length;
+        if (length == 0)
+                return "";
+        data = (const char *)evbuffer_pullup(input, -1);
+        return data ? data : "";
+}
+
+const char *api_query(struct api_call *call, const char *key)
+{
+        return evhttp_find_header(&call->query, key);
+}
+
+/* ---- held requests ---- */
+
+static void hold_unlink(struct api_hold *hold)
+{
+        if (hold->prev)
+                hold->prev->next = hold->next;
+        else
+                hold->daemon->holds = hold->next;
+        if (hold->next)
+                hold->next->prev = hold->prev;
+        hold->next = hold->prev = NULL;
+}
+
+static void hold_release(struct api_hold *hold)
+{
+        hold_unlink(hold);
+        if (hold->connection && hold->streaming)
+                evhttp_connection_set_timeout(hold->connection, API_IO_TIMEOUT_S);
+        if (hold->connection)
+                evhttp_connection_set_closecb(hold->connection, NULL, NULL);
+        free(hold);
+}
+
+/* The client went away. Tell the owner, then let libevent free the request:
+ * replying to a request whose connection is gone frees it. */
+static void hold_abandon(struct api_hold *hold)
+{
+        struct evhttp_request *request = hold->request;
+        bool streaming = hold->streaming;
+        api_hold_gone_fn gone = hold->gone;
+        void *arg = hold->gone_arg;
+
+        hold_release(hold);
+        if (gone)
+                gone(arg);
+        if (streaming)
+                evhttp_send_reply_end(request);
+        else
+                evhttp_send_reply(request, 400, "Bad Request", NULL);
+}
+
+static void on_connection_closed(struct evhttp_connection *connection, void *arg)
+{
+        struct api_hold *hold = arg;
+
+        /* libevent detached the pending request from the connection before
+         * calling us (it is ours until we reply), so the request is valid. */
+        hold->connection = NULL;
+        hold_abandon(hold);
+}
+
+struct api_hold *api_hold_new(struct moatd *daemon, struct evhttp_request *request, api_hold_gone_fn gone,
+                              void *arg)
+{
+        struct api_hold *hold = calloc(1, sizeof(*hold));
+
+        if (!hold)
+                return NULL;
+        hold->daemon = daemon;
+        hold->request = request;
+        hold->gone = gone;
+        hold->gone_arg = arg;
+        hold->connection = evhttp_request_get_connection(request);
+        if (hold->connection)
+                evhttp_connection_set_closecb(hold->connection, on_connection_closed, hold);
+        hold->next = daemon->holds;
+        if (daemon->holds)
+                daemon->holds->prev = hold;
+        daemon->holds = hold;
+        return hold;
+}
+
+struct evhttp_request *api_hold_request(struct api_hold *hold)
+{
+        return hold->request;
+}
+
+void api_hold_set_gone(struct api_hold *hold, api_hold_gone_fn gone, void *arg)
+{
+        hold->gone = gone;
+        hold->gone_arg = arg;
+}
+
+void api_hold_reply_json(struct api_hold *hold, int status, json_t *body)
+{
+        struct evhttp_request *request = hold->request;
+
+        hold_release(hold);
+        api_reply_json(request, status, body);
+}
+
+void api_hold_reply_error(struct api_hold *hold, const struct moat_error *error)
+{
+        struct evhttp_request *request = hold->request;
+
+        hold_release(hold);
+        api_reply_error(request, error);
+}
+
+void api_hold_stream_start(struct api_hold *hold, const char *content_type)
+{
+        struct evkeyvalq *headers = evhttp_request_get_output_headers(hold->request);
+
+        evhttp_add_header(headers, "Content-Type", content_type);
+        evhttp_add_header(headers, "Cache-Control", "no-store");
+        hold->streaming = true;
+        /* A process may be quiet for longer than any I/O timeout; a stream
+         * lasts until it exits or the client leaves (which we notice). */
+        if (hold->connection)
+                evhttp_connection_set_timeout(hold->connection, API_STREAM_TIMEOUT_S);
+        evhttp_send_reply_start(hold->request, 200, "OK");
+}
+
+static void on_chunk_written(struct evhttp_connection *connection, void *arg)
+{
+        struct api_hold *hold = arg;
+        api_hold_drained_fn drained = hold->drained;
+
+        hold->drained = NULL;
+        if (drained)
+                drained(hold->drained_arg);
+}
+
+void api_hold_stream_chunk(struct api_hold *hold, struct evbuffer *buffer, api_hold_drained_fn drained, void *arg)
+{
+        hold->drained = drained;
+        hold->drained_arg = arg;
+        evhttp_send_reply_chunk_with_cb(hold->request, buffer, on_chunk_written, hold);
+}
+
+void api_hold_stream_end(struct api_hold *hold)
+{
+        struct evhttp_request *request = hold->request;
+
+        hold_release(hold);
+        evhttp_send_reply_end(request);
+}
+
+/* ---- routing ---- */
+
+struct route {
+        enum evhttp_cmd_type method;
+        const char *pattern; /* segments; "*" matches one id/name segment */
+        void (*handler)(struct api_call *call);
+};
+
+static const struct route routes[] = {
+        {EVHTTP_REQ_GET, "v1/health", api_health},
+        {EVHTTP_REQ_POST, "v1/sandboxes", api_sandboxes_create},
+        {EVHTTP_REQ_GET, "v1/sandboxes", api_sandboxes_list},
+        {EVHTTP_REQ_GET, "v1/sandboxes/*", api_sandboxes_get},
+        {EVHTTP_REQ_DELETE, "v1/sandboxes/*", api_sandboxes_delete},
+        {EVHTTP_REQ_POST, "v1/sandboxes/*/wait", api_sandboxes_wait},
+        {EVHTTP_REQ_POST, "v1/sandboxes/*/run", api_exec_run},
+        {EVHTTP_REQ_POST, "v1/sandboxes/*/execs", api_exec_create},
+        {EVHTTP_REQ_GET, "v1/sandboxes/*/execs", api_exec_list},
+        {EVHTTP_REQ_GET, "v1/sandboxes/*/execs/*", api_exec_get},
+        {EVHTTP_REQ_GET, "v1/sandboxes/*/execs/*/output", api_exec_output},
+        {EVHTTP_REQ_POST, "v1/sandboxes/*/execs/*/stdin", api_exec_stdin},
+        {EVHTTP_REQ_POST, "v1/sandboxes/*/execs/*/stdin/close", api_exec_stdin_close},
+        {EVHTTP_REQ_POST, "v1/sandboxes/*/execs/*/signal", api_exec_signal},
+        {EVHTTP_REQ_POST, "v1/sandboxes/*/execs/*/wait", api_exec_wait},
+        {EVHTTP_REQ_GET, "v1/images", api_images_list},
+        {EVHTTP_REQ_POST, "v1/images/import", api_images_import},
+        {EVHTTP_REQ_DELETE, "v1/images/*", api_images_delete},
+};
+
+/* Matches path (without the leading '/') against pattern; "*" captures a
+ * segment into params (copied into storage). */
+static bool route_match(const char *pattern, const char *path, char storage[2][128], const char *params[2])
+{
+        unsigned captured = 0;
+
+        for (;;) {
+                const char *pattern_end = strchrnul(pattern, '/'), *path_end = strchrnul(path, '/');
+                size_t pattern_length = (size_t)(pattern_end - pattern), path_length = (size_t)(path_end - path);
+
+                if (pattern_length == 1 && pattern[0] == '*') {
+                        if (path_length == 0 || path_length >= 128 || captured >= 2)
+                                return false;
+                        memcpy(storage[captured], path, path_length);
+                        storage[captured][path_length] = '\0';
+                        params[captured] = storage[captured];
+                        captured++;
+                } else if (pattern_length != path_length || memcmp(pattern, path, path_length) != 0) {
+                        return false;
+                }
+                if (*pattern_end == '\0' || *path_end == '\0')
+                        return *pattern_end == '\0' && *path_end == '\0';
+                pattern = pattern_end + 1;
+                path = path_end + 1;
+        }
+}
+
+static const char *method_name(enum evhttp_cmd_type method)
+{
+        switch (method) {
+        case EVHTTP_REQ_GET:
+                return "GET";
+        case EVHTTP_REQ_POST:
+                return "POST";
+        case EVHTTP_REQ_DELETE:
+                return "DELETE";
+        default:
+                return "?";
+        }
+}
+
+static struct api_hold *hold_find(struct moatd *daemon, struct evhttp_request *request)
+{
+        for (struct api_hold *hold = daemon->holds; hold; hold = hold->next)
+                if (hold->request == request)
+                        return hold;
+        return NULL;
+}
+
+static void api_dispatch(struct evhttp_request *request, void *arg)
+{
+        struct moatd *daemon = arg;
+        const struct evhttp_uri *uri;
+        const char *path, *query;
+        char storage[2][128];
+        struct api_call call = {.daemon = daemon, .request = request};
+        bool path_known = false;
+
+        /* libevent calls back without a URI when a request failed after it
+         * was handed to us (the client reset a held request) or before (the
+         * body exceeded the limit). */
+        if (!evhttp_request_get_uri(request)) {
+                struct api_hold *hold = hold_find(daemon, request);
+                if (hold)
+                        hold_abandon(hold);
+                else if (evhttp_request_get_response_code(request) == 413)
+                        api_reply_new_error(request, MOAT_ERROR_LIMIT_EXCEEDED, "payload_too_large",
+                                            "request body exceeds %d bytes", REQUEST_BODY_MAX);
+                else
+                        api_reply_new_error(request, MOAT_ERROR_INVALID_ARGUMENT, NULL, "malformed request");
+                return;
+        }
+        uri = evhttp_request_get_evhttp_uri(request);
+        path = uri ? evhttp_uri_get_path(uri) : NULL;
+        if (!path || path[0] != '/') {
+                api_reply_new_error(request, MOAT_ERROR_INVALID_ARGUMENT, NULL, "malformed request path");
+                return;
+        }
+        query = evhttp_uri_get_query(uri);
+        TAILQ_INIT(&call.query);
+        if (query && evhttp_parse_query_str(query, &call.query) < 0) {
+                api_reply_new_error(request, MOAT_ERROR_INVALID_ARGUMENT, NULL, "malformed query string");
+                return;
+        }
+        for (size_t i = 0; i < MOAT_ARRAY_SIZE(routes); i++) {
+                if (!route_match(routes[i].pattern, path + 1, storage, call.params))
+                        continue;
+                path_known = true;
+                if (routes[i].method != evhttp_request_get_command(request))
+                        continue;
+                if (daemon->shutting_down && routes[i].handler != api_health) {
+                        api_reply_new_error(request, MOAT_ERROR_UNAVAILABLE, NULL, "moatd is shutting down");
+                } else {
+                        log_debug("%s %s", method_name(evhttp_request_get_command(request)), path);
+                        routes[i].handler(&call);
+                }
+                evhttp_clear_headers(&call.query);
+                return;
+        }
+        evhttp_clear_headers(&call.query);
+        if (path_known)
+                api_reply_new_error(request, MOAT_ERROR_INVALID_ARGUMENT, "method_not_allowed",
+                                    "method not allowed on %.200s", path);
+        else
+                api_reply_new_error(request, MOAT_ERROR_NOT_FOUND, NULL, "no route %.200s", path);
+}
+
+static int listen_unix(const char *path, struct moat_error **err)
+{
+        struct sockaddr_un address = {.sun_family = AF_UNIX};
+        _cleanup_close_ int fd = -1;
+        struct stat st;
+
+        if (strlen(path) >= sizeof(address.sun_path))
+                return moat_error_invalid(err, "socket path `%s` is too long", path);
+        strcpy(address.sun_path, path);
+        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        if (fd < 0)
+                return moat_error_system(err, errno, "socket");
+        /* A stale socket from a previous run is removed; a live one means
+         * another moatd serves it, and stealing its path would orphan it. */
+        if (lstat(path, &st) == 0) {
+                _cleanup_close_ int probe = -1;
+                if (!S_ISSOCK(st.st_mode))
+                        return moat_error_set(err, MOAT_ERROR_CONFLICT, 0, NULL, "`%s` exists and is not a socket",
+                                              path);
+                probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+                if (probe >= 0 && connect(probe, (struct sockaddr *)&address, sizeof(address)) == 0)
+                        return moat_error_set(err, MOAT_ERROR_CONFLICT, 0, NULL,
+                                              "another moatd is listening on `%s`", path);
+                if (unlink(path) < 0)
+                        return moat_error_system(err, errno, "unlink `%s`", path);
+        }
+        if (bind(fd, (struct sockaddr *)&address, sizeof(address)) < 0)
+                return moat_error_system(err, errno, "bind `%s`", path);
+        /* Anyone who can connect controls sandboxes: owner and group only. */
+        if (chmod(path, 0660) < 0)
+                return moat_error_system(err, errno, "chmod `%s`", path);
+        if (listen(fd, 128) < 0)
+                return moat_error_system(err, errno, "listen `%s`", path);
+        return TAKE_FD(fd);
+}
+
+int api_start(struct moatd *daemon, struct moat_error **err)
+{
+        struct evconnlistener *listener;
+        int fd = listen_unix(daemon->options.socket_path, err);
+
+        if (fd < 0)
+                return -1;
+        daemon->http = evhttp_new(daemon->base);
+        if (!daemon->http) {
+                close(fd);
+                return moat_error_system(err, ENOMEM, "evhttp_new");
+        }
+        evhttp_set_max_body_size(daemon->http, REQUEST_BODY_MAX);
+        /* Past the limit, read and drop the rest of the body before replying
+         * 413, so a client still writing it sees the reply, not EPIPE. */
+        evhttp_set_flags(daemon->http, EVHTTP_SERVER_LINGERING_CLOSE);
+        evhttp_set_max_headers_size(daemon->http, API_HEADERS_MAX);
+        evhttp_set_timeout(daemon->http, API_IO_TIMEOUT_S);
+        evhttp_set_allowed_methods(daemon->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_DELETE |
+                                                         EVHTTP_REQ_HEAD | EVHTTP_REQ_PUT);
+        evhttp_set_gencb(daemon->http, api_dispatch, daemon);
+        listener = evconnlistener_new(daemon->base, NULL, NULL, LEV_OPT_CLOSE_ON_FREE, -1, fd);
+        if (!listener) {
+                close(fd);
+                return moat_error_system(err, errno, "evconnlistener_new");
+        }
+        if (!evhttp_bind_listener(daemon->http, listener)) {
+                evconnlistener_free(listener);
+                return moat_error_system(err, errno, "evhttp_bind_listener");
+        }
+        return 0;
+}
+
+void api_stop(struct moatd *daemon)
+{
+        if (daemon->http) {
+                evhttp_free(daemon->http);
+                daemon->http = NULL;
+        }
+        unlink(daemon->options.socket_path);
+}

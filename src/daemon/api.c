@@ -418,6 +418,15 @@ static void api_dispatch(struct evhttp_request *request, void *arg)
                         api_reply_new_error(request, MOAT_ERROR_INVALID_ARGUMENT, NULL, "malformed request");
                 return;
         }
+        /* The body limit is enforced here, not by libevent: libevent 2.1
+         * answers its own limit with an HTML page, and every error we send is
+         * JSON. libevent's limit (REQUEST_BODY_HARD_MAX) only stops a client
+         * from making us buffer without bound. */
+        if (evbuffer_get_length(evhttp_request_get_input_buffer(request)) > REQUEST_BODY_MAX) {
+                api_reply_new_error(request, MOAT_ERROR_LIMIT_EXCEEDED, "payload_too_large",
+                                    "request body exceeds %d bytes", REQUEST_BODY_MAX);
+                return;
+        }
         uri = evhttp_request_get_evhttp_uri(request);
         path = uri ? evhttp_uri_get_path(uri) : NULL;
         if (!path || path[0] != '/') {
@@ -501,7 +510,7 @@ int api_start(struct moatd *daemon, struct moat_error **err)
                 close(fd);
                 return moat_error_system(err, ENOMEM, "evhttp_new");
         }
-        evhttp_set_max_body_size(daemon->http, REQUEST_BODY_MAX);
+        evhttp_set_max_body_size(daemon->http, REQUEST_BODY_HARD_MAX);
         /* Past the limit, read and drop the rest of the body before replying
          * 413, so a client still writing it sees the reply, not EPIPE. */
         evhttp_set_flags(daemon->http, EVHTTP_SERVER_LINGERING_CLOSE);

@@ -11,6 +11,10 @@
 #include "common/error.h"
 
 #define REQUEST_BODY_MAX (1024 * 1024)
+/* Bodies between REQUEST_BODY_MAX and this are read, then refused with our
+ * JSON 413; past it libevent refuses them itself (plain 413) without
+ * buffering more. */
+#define REQUEST_BODY_HARD_MAX (8 * 1024 * 1024)
 #define REQUEST_ARGV_MAX 4096
 #define REQUEST_ENV_MAX 4096
 #define REQUEST_ARGV_ENV_BYTES_MAX (512 * 1024)

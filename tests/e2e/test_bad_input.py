@@ -145,10 +145,12 @@ def test_exec_on_stopped_and_deleted_sandbox(moatd):
     b"GET " + b"/" * 100000 + b" HTTP/1.1\r\n\r\n",
 ], ids=["garbage", "bad-version", "binary", "huge-uri"])
 def test_garbage_request_line(moatd, data):
+    # Bytes that are not an HTTP request never reach moatd's router: the HTTP
+    # layer (libevent) refuses them with a plain 4xx and closes (docs/API.md).
+    # What must hold is a clear 4xx and a daemon that carries on.
     status, headers, body = moatd.raw(data)
     assert status in (400, 414, 431, 505), (status, body[:200])
-    doc = json_error_body(headers, body)
-    assert isinstance(doc["error"]["code"], str) and isinstance(doc["error"]["message"], str)
+    moatd.healthy(timeout=2)
 
 
 def test_half_sent_request_does_not_hold_resources(moatd):

@@ -19,8 +19,11 @@
 #include "store.h"
 #include "workers.h"
 
-#define HOST_ID_FIRST 0x10000u
-#define HOST_ID_END 0xFFFF0000u
+/* Sandbox host id ranges live in [2^28, 2^31): above the ranges hosts hand
+ * out to users and in /etc/subuid (which start at 100000), and below 2^31,
+ * where tools that keep ids in a signed int (ps, some filesystems) break. */
+#define HOST_ID_FIRST 0x10000000u
+#define HOST_ID_END 0x80000000u
 
 struct sandbox_waiter {
         struct sandbox_waiter *next;

@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -21,7 +22,7 @@
 struct process process_table[MOAT_INIT_PROCESSES_MAX];
 
 /* Decoded in place from the control connection's payload buffer; static because
- * it is 64 KiB of pointers. The forked child reads its own copy. */
+ * it is 64 KiB of pointers. The child reads it while init is suspended. */
 static struct moat_spawn_spec spawn_spec;
 
 struct process *process_find(uint32_t pid)
@@ -150,6 +151,14 @@ static int make_channels(struct process *p, uint32_t flags, struct child_ends *c
         return 0;
 }
 
+static struct spawn_fds child_fds;
+static char child_stack[512 * 1024] __attribute__((aligned(64)));
+
+static int spawn_child_entry(void *unused)
+{
+        spawn_child_run(&spawn_spec, &child_fds);
+}
+
 void process_spawn(uint32_t cookie, const uint8_t *payload, size_t length)
 {
         struct child_ends c = { -1, -1, -1, -1, -1 };
@@ -181,23 +190,22 @@ void process_spawn(uint32_t cookie, const uint8_t *payload, size_t length)
                 spawn_failed(cookie, -r, "%s: %s", step, strerror(-r));
                 return;
         }
-        pid = fork();
+        child_fds = (struct spawn_fds){
+                .stdin_fd = c.stdin_read,
+                .stdout_fd = c.stdout_write,
+                .stderr_fd = c.stderr_write,
+                .report_fd = c.report_write,
+                .pty_slave = c.pty_slave,
+        };
+        /* vfork semantics (see spawn.c): we resume once the child has exec'd
+         * or failed, so one static stack serves every spawn. */
+        pid = clone(spawn_child_entry, child_stack + sizeof(child_stack), CLONE_VM | CLONE_VFORK | SIGCHLD, NULL);
         if (pid < 0) {
                 r = errno;
                 child_ends_close(&c);
                 process_free(p);
-                spawn_failed(cookie, r, "fork: %s", strerror(r));
+                spawn_failed(cookie, r, "clone: %s", strerror(r));
                 return;
-        }
-        if (pid == 0) {
-                struct spawn_fds fds = {
-                        .stdin_fd = c.stdin_read,
-                        .stdout_fd = c.stdout_write,
-                        .stderr_fd = c.stderr_write,
-                        .report_fd = c.report_write,
-                        .pty_slave = c.pty_slave,
-                };
-                spawn_child_run(&spawn_spec, &fds);
         }
         child_ends_close(&c);
         p->pid = pid;

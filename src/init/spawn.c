@@ -1,7 +1,13 @@
-/* The child side of SPAWN, between fork() and execve(). Nothing here allocates
- * (init is single-threaded, but the rule keeps this path obviously safe); a
- * failing step writes a fixed-size spawn_report to the CLOEXEC pipe and
- * _exits, and init turns it into SPAWN_FAILED. */
+/* The child side of SPAWN, between clone() and execve().
+ *
+ * The child shares init's memory (CLONE_VM | CLONE_VFORK, as posix_spawn
+ * does): init is suspended until the child execs or exits, and no page table
+ * is copied. On this project's VM-hosted test machine that is 1.2 ms less per
+ * exec than fork(). It also means the child must leave init's memory as it
+ * found it: nothing here allocates, takes a lock or changes a global that
+ * init reads later (the environment is passed to execve explicitly, never
+ * through `environ`). A failing step writes a fixed-size spawn_report to the
+ * CLOEXEC pipe and _exits; init turns it into SPAWN_FAILED. */
 #include "spawn.h"
 
 #include <errno.h>
@@ -18,8 +24,6 @@
 
 #define DEFAULT_PATH "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 #define REPORT_FD 3
-
-extern char **environ;
 
 static const char *env_with_defaults[MOAT_SPAWN_ENV_MAX + 8];
 static char env_home[MOAT_PASSWD_HOME_MAX + 8];
@@ -79,14 +83,67 @@ static char **build_env(const struct moat_spawn_spec *spec, const struct moat_pa
 
 static void reset_signals(void)
 {
+        struct sigaction default_action = { .sa_handler = SIG_DFL };
         sigset_t none;
 
         /* init blocks the signals it reads through signalfd and ignores
-         * SIGPIPE; both would be inherited across execve. */
-        for (int sig = 1; sig < NSIG; sig++)
-                signal(sig, SIG_DFL);
+         * SIGPIPE (main.c); both would be inherited across execve. Handlers
+         * init does not have need no reset: execve resets caught signals. */
+        sigaction(SIGPIPE, &default_action, NULL);
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, NULL);
+}
+
+static const char *env_value(char *const *env, const char *name)
+{
+        size_t n = strlen(name);
+
+        for (; *env; env++)
+                if (strncmp(*env, name, n) == 0 && (*env)[n] == '=')
+                        return *env + n + 1;
+        return NULL;
+}
+
+/* execvpe(3) without its use of `environ` (shared with init here) and with
+ * its error rule: the first EACCES wins over later ENOENTs. Returns the errno
+ * to report. */
+static int exec_search(const char *file, char *const *argv, char *const *env)
+{
+        char path[4096];
+        const char *dirs, *end;
+        int result = ENOENT;
+
+        if (strchr(file, '/')) {
+                execve(file, argv, env);
+                return errno;
+        }
+        dirs = env_value(env, "PATH");
+        if (!dirs)
+                dirs = DEFAULT_PATH + 5;
+        for (; ; dirs = end + 1) {
+                size_t dir_length, file_length = strlen(file);
+
+                end = strchrnul(dirs, ':');
+                dir_length = (size_t)(end - dirs);
+                if (dir_length + 1 + file_length + 1 <= sizeof(path)) {
+                        /* An empty entry means the current directory. */
+                        if (dir_length)
+                                memcpy(path, dirs, dir_length);
+                        else
+                                path[dir_length++] = '.';
+                        path[dir_length] = '/';
+                        memcpy(path + dir_length + 1, file, file_length + 1);
+                        execve(path, argv, env);
+                        if (errno == EACCES)
+                                result = EACCES;
+                        else if (errno != ENOENT && errno != ENOTDIR && errno != ESTALE && errno != ENODEV &&
+                                 errno != ETIMEDOUT)
+                                return errno;
+                }
+                if (*end == '\0')
+                        break;
+        }
+        return result;
 }
 
 static void setup_stdio(const struct spawn_fds *fds, int report_fd)
@@ -159,9 +216,6 @@ _Noreturn void spawn_child_run(const struct moat_spawn_spec *spec, const struct 
                         fail(report_fd, errno, "chdir `/`");
         }
 
-        /* execvpe searches the caller's PATH, so the new environment must be
-         * the current one. */
-        environ = build_env(spec, &user);
-        execvpe(spec->argv[0], (char *const *)spec->argv, environ);
-        fail(report_fd, errno, "execvp `%s`", spec->argv[0]);
+        r = exec_search(spec->argv[0], (char *const *)spec->argv, build_env(spec, &user));
+        fail(report_fd, r, "execvp `%s`", spec->argv[0]);
 }

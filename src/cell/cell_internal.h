@@ -133,6 +133,9 @@ int moat_rootfs_mask_paths(struct moat_child_report *report);
 int moat_rootfs_build_plan(struct moat_child_plan *plan, struct moat_error **err);
 
 /* child.c: the child's ordered checklist; never returns. */
+/* The first message of every child on the sync socket: "I run; send go". */
+#define MOAT_CHILD_READY 'R'
+
 __attribute__((noreturn)) void moat_child_main(const struct moat_child_plan *plan);
 
 /* network.c, child: bring up "lo" in the new network namespace. */

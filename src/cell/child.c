@@ -1,9 +1,11 @@
 /* The child between clone3() and execveat(moat-init): the isolation
  * sequence as an ordered checklist, one call per step.
  *
- * moatd is multithreaded, and the child is a fork of one of its threads:
- * another thread may have held the malloc or stdio lock at that instant, so
- * nothing here allocates or takes a lock. Everything the child needs was
+ * moatd is multithreaded, and the child is a clone of one of its threads —
+ * sharing moatd's memory (CLONE_VM, see start_child() in cell.c) or a copy of
+ * it: another thread may hold the malloc or stdio lock, and with shared
+ * memory any write would land in moatd, so nothing here allocates, takes a
+ * lock or writes anything but its own stack and the report. Everything the child needs was
  * formatted by the parent into struct moat_child_plan. A failing step fills
  * a fixed-size report, sends it over the sync socket and _exit()s; the parent
  * turns it into a struct moat_error. */
@@ -209,6 +211,9 @@ void moat_child_main(const struct moat_child_plan *plan)
          * clients, the database) is closed at exec; only the control socket
          * is made inheritable, in redirect_stdio(). */
         syscall(SYS_close_range, 3, ~0U, CLOSE_RANGE_CLOEXEC);
+        /* Tell the parent's half we run (it learns our pid from the kernel). */
+        if (send(plan->sync_fd, &(char){ MOAT_CHILD_READY }, 1, MSG_NOSIGNAL) != 1)
+                _exit(127);
 
         if (reset_signals(&report) < 0 ||
             wait_for_parent(plan->sync_fd, mount_fds, &mount_fd_count, &report) < 0)

@@ -19,6 +19,7 @@
 #include <sys/syscall.h>
 #include <sys/un.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "../common/cleanup.h"
@@ -216,9 +217,18 @@ struct parent_half {
         int result;
 };
 
+static uint64_t monotonic_us(void)
+{
+        struct timespec now;
+
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        return (uint64_t)now.tv_sec * 1000000u + (uint64_t)now.tv_nsec / 1000u;
+}
+
 static void *parent_half_run(void *arg)
 {
         struct parent_half *half = arg;
+        uint64_t started;
         struct pollfd p = { .fd = half->sync_fd, .events = POLLIN };
         char byte = 0;
         int r;
@@ -232,7 +242,9 @@ static void *parent_half_run(void *arg)
                 return NULL;
         }
         half->cell->pid = __atomic_load_n(&half->child_pid, __ATOMIC_ACQUIRE);
+        started = monotonic_us();
         half->result = prepare_child(half->cell, half->config, half->sync_fd, &half->err);
+        half->cell->timings.parent_half_us = (uint32_t)(monotonic_us() - started);
         /* The child waits for "go" forever; without it, it must die (which
          * also releases a vfork-suspended parent). */
         if (half->result < 0)
@@ -356,6 +368,7 @@ int moat_cell_create(struct moat_cell_runtime *runtime, const struct moat_cell_c
         int sync_fds[2] = { -1, -1 };
         struct clone_args args = { 0 };
         struct parent_half half;
+        uint64_t mark;
         long pid;
 
         if (!runtime || !ret_cell)
@@ -369,8 +382,11 @@ int moat_cell_create(struct moat_cell_runtime *runtime, const struct moat_cell_c
         cell->pidfd = -1;
         snprintf(cell->id, sizeof(cell->id), "%s", config->id);
 
+        mark = monotonic_us();
         if (moat_cgroup_create(cell, config, err) < 0)
                 goto fail;
+        cell->timings.cgroup_us = (uint32_t)(monotonic_us() - mark);
+        mark = monotonic_us();
         if ((size_t)snprintf(cell->control_path, sizeof(cell->control_path), "%s/%s.sock", runtime->sandboxes_dir,
                              config->id) >= sizeof(cell->control_path)) {
                 moat_error_invalid(err, "control socket path is too long");
@@ -412,7 +428,10 @@ int moat_cell_create(struct moat_cell_runtime *runtime, const struct moat_cell_c
                 goto fail;
         }
         half = (struct parent_half){ .cell = cell, .config = config, .sync_fd = sync_fds[0] };
+        cell->timings.setup_us = (uint32_t)(monotonic_us() - mark);
+        mark = monotonic_us();
         pid = start_child(&args, &plan, &half, &sync_fds[1]);
+        cell->timings.child_us = (uint32_t)(monotonic_us() - mark);
         if (pid < 0) {
                 moat_error_free(half.err);
                 moat_error_system(err, (int)-pid, "clone3");
@@ -426,11 +445,13 @@ int moat_cell_create(struct moat_cell_runtime *runtime, const struct moat_cell_c
                 moat_error_wrap(err, "create sandbox `%s`", config->id);
                 goto fail;
         }
+        mark = monotonic_us();
         if (wait_for_child(cell, sync_fds[0], err) < 0) {
                 moat_error_wrap(err, "create sandbox `%s`", config->id);
                 goto fail;
         }
         close(sync_fds[0]);
+        cell->timings.confirm_us = (uint32_t)(monotonic_us() - mark);
         *ret_cell = cell;
         return 0;
 fail:

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/wait.h>
 
 #include "api.h"
@@ -41,6 +42,14 @@ struct sandbox_delete {
 static void start_teardown(struct sandbox *sandbox);
 
 /* ---- names, lookup, references ---- */
+
+static uint64_t monotonic_us(void)
+{
+        struct timespec now;
+
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        return (uint64_t)now.tv_sec * 1000000u + (uint64_t)now.tv_nsec / 1000u;
+}
 
 const char *sandbox_state_name(enum sandbox_state state)
 {
@@ -572,6 +581,15 @@ static void on_hello(void *arg, uint32_t version, uint32_t live_processes)
         s->state = SANDBOX_RUNNING;
         sandbox_touch(s);
         store_state(s);
+        if (s->cell) {
+                const struct moat_cell_timings *t = &s->cell->timings;
+                log_debug("sandbox %s created in %.2f ms: queued %.2f, cgroups %.2f, set-up %.2f, child %.2f "
+                          "(parent's half %.2f), confirm %.2f, init hello %.2f",
+                          s->id, (monotonic_us() - s->create_started_us) / 1e3,
+                          (s->cell_started_us - s->create_started_us) / 1e3, t->cgroup_us / 1e3,
+                          t->setup_us / 1e3, t->child_us / 1e3, t->parent_half_us / 1e3, t->confirm_us / 1e3,
+                          (monotonic_us() - s->cell_done_us) / 1e3);
+        }
         if (remaining < 0)
                 remaining = 0;
         tv = (struct timeval){.tv_sec = remaining / 1000, .tv_usec = (remaining % 1000) * 1000};
@@ -653,6 +671,7 @@ struct create_job {
 static void create_run(void *arg)
 {
         struct create_job *job = arg;
+        job->sandbox->cell_started_us = monotonic_us();
         struct moat_cell *cell = NULL;
         int fd;
 
@@ -675,6 +694,7 @@ static void create_done(void *arg)
         int control_fd = job->control_fd;
 
         s->create_in_flight = false;
+        s->cell_done_us = monotonic_us();
         if (!job->cell) {
                 log_warn("sandbox %s: create: %s", s->id, job->err ? job->err->message : "failed");
                 /* The client gets the error and no id: forget the record. */
@@ -775,6 +795,7 @@ void sandbox_create(struct moatd *daemon, struct sandbox_request *config, struct
         }
         s->daemon = daemon;
         s->refs = 1;
+        s->create_started_us = monotonic_us();
         s->config = *config;
         memset(config, 0, sizeof(*config));
         if (image_store_rootfs(daemon, s->config.image, job->rootfs, &err) < 0 ||

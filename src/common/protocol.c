@@ -28,7 +28,7 @@ void moat_frame_header_encode(const struct moat_frame_header *h, uint8_t out[MOA
         moat_put_u32(out, h->length);
         moat_put_u16(out + 4, h->type);
         moat_put_u16(out + 6, h->flags);
-        moat_put_u32(out + 8, h->pid);
+        moat_put_u32(out + 8, h->handle);
         moat_put_u32(out + 12, h->aux);
 }
 
@@ -38,7 +38,7 @@ int moat_frame_header_decode(const uint8_t in[MOAT_FRAME_HEADER_SIZE], struct mo
                 .length = moat_get_u32(in),
                 .type = moat_get_u16(in + 4),
                 .flags = moat_get_u16(in + 6),
-                .pid = moat_get_u32(in + 8),
+                .handle = moat_get_u32(in + 8),
                 .aux = moat_get_u32(in + 12),
         };
 

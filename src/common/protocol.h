@@ -15,7 +15,10 @@
  *
  * Flow control (nothing is dropped, nothing grows without bound):
  *  - output: init reads a process's stdout/stderr pipe only while it holds
- *    credit for that stream; each OUTPUT frame spends its length. moatd grants
+ *    more than MOAT_OUTPUT_FRAME_CHARGE credit for that stream; each OUTPUT
+ *    frame spends its length plus MOAT_OUTPUT_FRAME_CHARGE (the charge stands
+ *    for what moatd spends per frame beyond the bytes, so a flood of 1-byte
+ *    frames cannot multiply moatd's memory against its budget). moatd grants
  *    credit (CREDIT) as its own per-stream buffer drains to clients. Initial
  *    credit per stream is MOAT_INITIAL_OUTPUT_CREDIT.
  *  - stdin: moatd may have at most MOAT_INITIAL_STDIN_CREDIT bytes of STDIN
@@ -23,6 +26,12 @@
  *    process reads from its pipe.
  *  - init also stops reading pipes while its outgoing socket queue exceeds
  *    MOAT_INIT_OUTQUEUE_MAX (for example while moatd is restarting).
+ *
+ * Handles: every per-process frame names its process by a handle, never by
+ * its OS pid (a pid is reused as soon as the process is reaped, while init
+ * may still hold its unsent output and EXIT). The handle is the SPAWN cookie:
+ * moatd picks it, non-zero and never reused for one sandbox; init refuses a
+ * SPAWN whose cookie is 0 or still in use (SPAWN_FAILED, EINVAL/EEXIST).
  *
  * Reconnection (a new connection replaces the old one):
  *  - frames queued for the old peer go to the new one; a peer must ignore
@@ -43,6 +52,7 @@
 #define MOAT_FRAME_PAYLOAD_MAX (1024 * 1024)
 #define MOAT_OUTPUT_CHUNK_MAX (64 * 1024) /* init never sends bigger OUTPUT frames */
 #define MOAT_INITIAL_OUTPUT_CREDIT (256 * 1024)
+#define MOAT_OUTPUT_FRAME_CHARGE 128 /* credit each OUTPUT frame spends beyond its length */
 #define MOAT_INITIAL_STDIN_CREDIT (256 * 1024)
 #define MOAT_INIT_OUTQUEUE_MAX (1024 * 1024)
 #define MOAT_SPAWN_ARGV_MAX 4096 /* argv entries */
@@ -52,20 +62,20 @@
 enum moat_frame_type {
         /* moatd -> init */
         MOAT_FRAME_HELLO = 1,       /* payload: u32 protocol version */
-        MOAT_FRAME_SPAWN = 2,       /* aux = cookie; payload = spawn spec */
-        MOAT_FRAME_STDIN = 3,       /* pid; payload = bytes (length > 0) */
-        MOAT_FRAME_STDIN_CLOSE = 4, /* pid */
-        MOAT_FRAME_SIGNAL = 5,      /* pid; aux = signal; sent to the process group */
-        MOAT_FRAME_CREDIT = 6,      /* pid; flags = stream; aux = bytes granted */
-        MOAT_FRAME_RESIZE = 7,      /* pid; aux = rows << 16 | cols (pty processes) */
+        MOAT_FRAME_SPAWN = 2,       /* aux = cookie (the new process's handle); payload = spawn spec */
+        MOAT_FRAME_STDIN = 3,       /* handle; payload = bytes (length > 0) */
+        MOAT_FRAME_STDIN_CLOSE = 4, /* handle */
+        MOAT_FRAME_SIGNAL = 5,      /* handle; aux = signal; sent to the process group */
+        MOAT_FRAME_CREDIT = 6,      /* handle; flags = stream; aux = bytes granted */
+        MOAT_FRAME_RESIZE = 7,      /* handle; aux = rows << 16 | cols (pty processes) */
 
         /* init -> moatd */
         MOAT_FRAME_HELLO_ACK = 64,    /* payload: u32 protocol version, u32 live processes */
-        MOAT_FRAME_SPAWNED = 65,      /* pid = new pid (in the sandbox); aux = cookie */
+        MOAT_FRAME_SPAWNED = 65,      /* handle = the cookie; aux = OS pid (in the sandbox) */
         MOAT_FRAME_SPAWN_FAILED = 66, /* aux = cookie; payload: u32 errno, then message bytes */
-        MOAT_FRAME_OUTPUT = 67,       /* pid; flags = stream; payload = bytes (length > 0) */
-        MOAT_FRAME_EXIT = 68,         /* pid; payload: i32 exit code (-1 if signalled), i32 signal */
-        MOAT_FRAME_STDIN_CREDIT = 69, /* pid; aux = bytes the process consumed */
+        MOAT_FRAME_OUTPUT = 67,       /* handle; flags = stream; payload = bytes (length > 0) */
+        MOAT_FRAME_EXIT = 68,         /* handle; payload: i32 exit code (-1 if signalled), i32 signal */
+        MOAT_FRAME_STDIN_CREDIT = 69, /* handle; aux = bytes the process consumed */
 };
 
 enum moat_stream {
@@ -77,7 +87,9 @@ struct moat_frame_header {
         uint32_t length;
         uint16_t type;
         uint16_t flags;
-        uint32_t pid;
+        /* The process a per-process frame is about: its handle (see "Handles"
+         * above), never its pid. */
+        uint32_t handle;
         uint32_t aux;
 };
 

@@ -3,6 +3,8 @@
 #include <errno.h>
 #include <sys/queue.h>
 #include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
 #include <event2/keyvalq_struct.h>
 #include <event2/listener.h>
 #include <stdarg.h>
@@ -24,6 +26,9 @@
  * write and are not subject to it. */
 #define API_IO_TIMEOUT_S 60
 #define API_STREAM_TIMEOUT_S (24 * 3600)
+/* Requests held open at once (each keeps a connection and its fd); past it,
+ * requests that would be held get 429. */
+#define API_HOLDS_MAX 4096
 
 struct api_hold {
         struct api_hold *next, *prev;
@@ -35,6 +40,10 @@ struct api_hold {
         api_hold_drained_fn drained;
         void *drained_arg;
         bool streaming;
+        /* Watches the client's socket for a hang-up while nothing is sent:
+         * libevent 2.1 stops reading a connection once the request is ours
+         * and notices a close only after a reply starts. */
+        struct event *hangup;
 };
 
 /* ---- error replies ---- */
@@ -183,6 +192,7 @@ const char *api_query(struct api_call *call, const char *key)
 
 static void hold_unlink(struct api_hold *hold)
 {
+        hold->daemon->hold_count--;
         if (hold->prev)
                 hold->prev->next = hold->next;
         else
@@ -195,6 +205,8 @@ static void hold_unlink(struct api_hold *hold)
 static void hold_release(struct api_hold *hold)
 {
         hold_unlink(hold);
+        if (hold->hangup)
+                event_free(hold->hangup);
         if (hold->connection && hold->streaming)
                 evhttp_connection_set_timeout(hold->connection, API_IO_TIMEOUT_S);
         if (hold->connection)
@@ -230,6 +242,44 @@ static void on_connection_closed(struct evhttp_connection *connection, void *arg
         hold_abandon(hold);
 }
 
+/* The client hung up on a held request that has no reply started: tell the
+ * owner, then free the connection (and with it the request). */
+static void on_hangup(evutil_socket_t fd, short what, void *arg)
+{
+        struct api_hold *hold = arg;
+        struct evhttp_connection *connection = hold->connection;
+        api_hold_gone_fn gone = hold->gone;
+        void *gone_arg = hold->gone_arg;
+
+        hold_release(hold);
+        if (gone)
+                gone(gone_arg);
+        if (connection)
+                evhttp_connection_free(connection);
+}
+
+static void watch_hangup(struct api_hold *hold)
+{
+        struct bufferevent *bev = hold->connection ? evhttp_connection_get_bufferevent(hold->connection) : NULL;
+        evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
+
+        if (fd < 0)
+                return;
+        /* EV_CLOSED (EPOLLRDHUP) fires on the peer's close or shutdown only,
+         * not on pipelined bytes, which stay for libevent to read later. A
+         * failure only loses the early notice, not correctness. */
+        hold->hangup = event_new(hold->daemon->base, fd, EV_CLOSED | EV_PERSIST, on_hangup, hold);
+        if (hold->hangup && event_add(hold->hangup, NULL) < 0) {
+                event_free(hold->hangup);
+                hold->hangup = NULL;
+        }
+}
+
+bool api_holds_full(const struct moatd *daemon)
+{
+        return daemon->hold_count >= API_HOLDS_MAX;
+}
+
 struct api_hold *api_hold_new(struct moatd *daemon, struct evhttp_request *request, api_hold_gone_fn gone,
                               void *arg)
 {
@@ -248,6 +298,8 @@ struct api_hold *api_hold_new(struct moatd *daemon, struct evhttp_request *reque
         if (daemon->holds)
                 daemon->holds->prev = hold;
         daemon->holds = hold;
+        daemon->hold_count++;
+        watch_hangup(hold);
         return hold;
 }
 
@@ -285,6 +337,11 @@ void api_hold_stream_start(struct api_hold *hold, const char *content_type)
         evhttp_add_header(headers, "Content-Type", content_type);
         evhttp_add_header(headers, "Cache-Control", "no-store");
         hold->streaming = true;
+        /* From here libevent watches the connection itself (it is writing). */
+        if (hold->hangup) {
+                event_free(hold->hangup);
+                hold->hangup = NULL;
+        }
         /* A process may be quiet for longer than any I/O timeout; a stream
          * lasts until it exits or the client leaves (which we notice). */
         if (hold->connection)
@@ -323,26 +380,27 @@ struct route {
         enum evhttp_cmd_type method;
         const char *pattern; /* segments; "*" matches one id/name segment */
         void (*handler)(struct api_call *call);
+        bool may_hold; /* may keep the request open (counts against API_HOLDS_MAX) */
 };
 
 static const struct route routes[] = {
         {EVHTTP_REQ_GET, "v1/health", api_health},
-        {EVHTTP_REQ_POST, "v1/sandboxes", api_sandboxes_create},
+        {EVHTTP_REQ_POST, "v1/sandboxes", api_sandboxes_create, true},
         {EVHTTP_REQ_GET, "v1/sandboxes", api_sandboxes_list},
         {EVHTTP_REQ_GET, "v1/sandboxes/*", api_sandboxes_get},
-        {EVHTTP_REQ_DELETE, "v1/sandboxes/*", api_sandboxes_delete},
-        {EVHTTP_REQ_POST, "v1/sandboxes/*/wait", api_sandboxes_wait},
-        {EVHTTP_REQ_POST, "v1/sandboxes/*/run", api_exec_run},
-        {EVHTTP_REQ_POST, "v1/sandboxes/*/execs", api_exec_create},
+        {EVHTTP_REQ_DELETE, "v1/sandboxes/*", api_sandboxes_delete, true},
+        {EVHTTP_REQ_POST, "v1/sandboxes/*/wait", api_sandboxes_wait, true},
+        {EVHTTP_REQ_POST, "v1/sandboxes/*/run", api_exec_run, true},
+        {EVHTTP_REQ_POST, "v1/sandboxes/*/execs", api_exec_create, true},
         {EVHTTP_REQ_GET, "v1/sandboxes/*/execs", api_exec_list},
         {EVHTTP_REQ_GET, "v1/sandboxes/*/execs/*", api_exec_get},
-        {EVHTTP_REQ_GET, "v1/sandboxes/*/execs/*/output", api_exec_output},
+        {EVHTTP_REQ_GET, "v1/sandboxes/*/execs/*/output", api_exec_output, true},
         {EVHTTP_REQ_POST, "v1/sandboxes/*/execs/*/stdin", api_exec_stdin},
         {EVHTTP_REQ_POST, "v1/sandboxes/*/execs/*/stdin/close", api_exec_stdin_close},
         {EVHTTP_REQ_POST, "v1/sandboxes/*/execs/*/signal", api_exec_signal},
-        {EVHTTP_REQ_POST, "v1/sandboxes/*/execs/*/wait", api_exec_wait},
+        {EVHTTP_REQ_POST, "v1/sandboxes/*/execs/*/wait", api_exec_wait, true},
         {EVHTTP_REQ_GET, "v1/images", api_images_list},
-        {EVHTTP_REQ_POST, "v1/images/import", api_images_import},
+        {EVHTTP_REQ_POST, "v1/images/import", api_images_import, true},
         {EVHTTP_REQ_DELETE, "v1/images/*", api_images_delete},
 };
 
@@ -447,6 +505,9 @@ static void api_dispatch(struct evhttp_request *request, void *arg)
                         continue;
                 if (daemon->shutting_down && routes[i].handler != api_health) {
                         api_reply_new_error(request, MOAT_ERROR_UNAVAILABLE, NULL, "moatd is shutting down");
+                } else if (routes[i].may_hold && api_holds_full(daemon)) {
+                        api_reply_new_error(request, MOAT_ERROR_LIMIT_EXCEEDED, NULL,
+                                            "%d requests are held open already; retry later", API_HOLDS_MAX);
                 } else {
                         log_debug("%s %s", method_name(evhttp_request_get_command(request)), path);
                         routes[i].handler(&call);
@@ -516,8 +577,12 @@ int api_start(struct moatd *daemon, struct moat_error **err)
         evhttp_set_flags(daemon->http, EVHTTP_SERVER_LINGERING_CLOSE);
         evhttp_set_max_headers_size(daemon->http, API_HEADERS_MAX);
         evhttp_set_timeout(daemon->http, API_IO_TIMEOUT_S);
+        /* Every method reaches the router, which answers 405 in JSON;
+         * libevent would answer the ones it filters with an HTML 501. */
         evhttp_set_allowed_methods(daemon->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_DELETE |
-                                                         EVHTTP_REQ_HEAD | EVHTTP_REQ_PUT);
+                                                         EVHTTP_REQ_HEAD | EVHTTP_REQ_PUT | EVHTTP_REQ_PATCH |
+                                                         EVHTTP_REQ_OPTIONS | EVHTTP_REQ_TRACE |
+                                                         EVHTTP_REQ_CONNECT);
         evhttp_set_gencb(daemon->http, api_dispatch, daemon);
         listener = evconnlistener_new(daemon->base, NULL, NULL, LEV_OPT_CLOSE_ON_FREE, -1, fd);
         if (!listener) {

@@ -42,6 +42,8 @@ void api_set_json_headers(struct evhttp_request *request);
  * which free the hold. */
 typedef void (*api_hold_gone_fn)(void *arg);
 typedef void (*api_hold_drained_fn)(void *arg);
+/* True when no more requests may be held open. */
+bool api_holds_full(const struct moatd *daemon);
 struct api_hold *api_hold_new(struct moatd *daemon, struct evhttp_request *request, api_hold_gone_fn gone,
                               void *arg);
 struct evhttp_request *api_hold_request(struct api_hold *hold);

@@ -35,6 +35,7 @@ struct moatd {
         unsigned cell_count;       /* cells not destroyed yet */
         unsigned image_jobs;       /* imports in flight */
         struct api_hold *holds;    /* requests held open (waits, streams) */
+        unsigned hold_count;
 
         /* Objects whose last reference went away during a callback are freed
          * here, from a callback of their own, never while a caller up the

@@ -38,6 +38,7 @@ struct run_collector {
 };
 
 static void reader_pump(struct output_reader *reader);
+static void leave_starting(struct exec *exec);
 static void collector_pull(struct run_collector *collector);
 static void collector_finish(struct run_collector *collector);
 
@@ -51,10 +52,13 @@ struct exec *exec_find(struct sandbox *sandbox, const char *id)
         return NULL;
 }
 
-static struct exec *find_running(struct sandbox *sandbox, uint32_t pid)
+/* By handle, never by pid: a pid is reused once init reaps the process, while
+ * its output and EXIT may still be on the way. The scan is over at most
+ * MOAT_INIT_PROCESSES_MAX + SANDBOX_EXITED_EXECS_MAX records. */
+static struct exec *find_running(struct sandbox *sandbox, uint32_t handle)
 {
         for (struct exec *e = sandbox->execs; e; e = e->next)
-                if (e->state == EXEC_RUNNING && e->pid == pid)
+                if (e->state == EXEC_RUNNING && e->cookie == handle)
                         return e;
         return NULL;
 }
@@ -76,13 +80,13 @@ json_t *exec_to_json(const struct exec *exec)
 
         encoding_format_time(exec->started_at, started);
         encoding_format_time(exec->ended_at, ended);
-        return json_pack("{s:s,s:s,s:I,s:O,s:s?,s:s,s:o,s:o,s:b,s:b,s:s,s:o}", "id", exec->id, "sandbox_id",
+        return json_pack("{s:s,s:s,s:I,s:O,s:s?,s:s,s:o,s:o,s:b,s:b,s:s,s:o,s:b}", "id", exec->id, "sandbox_id",
                          exec->sandbox->id, "pid", (json_int_t)exec->pid, "argv", exec->argv, "tag", exec->tag,
                          "state", exited ? "exited" : exec->state == EXEC_RUNNING ? "running" : "starting",
                          "exit_code", exited ? json_integer(exec->exit_code) : json_null(), "signal",
                          exited && exec->signal ? json_integer(exec->signal) : json_null(), "timed_out",
                          exec->timed_out, "oom_killed", exec->oom_killed, "started_at", started, "ended_at",
-                         exited ? json_string(ended) : json_null());
+                         exited ? json_string(ended) : json_null(), "output_dropped", exec->output_dropped);
 }
 
 static json_t *exit_event_json(const struct exec *exec)
@@ -102,8 +106,11 @@ static bool can_talk_to_init(const struct exec *exec)
 /* Keep buffered bytes (plus a charge per chunk, so a flood of 1-byte writes
  * cannot multiply memory) plus the credit init still holds within the
  * budget: that is what bounds moatd's memory per stream. */
+static bool evict_exited_output(struct sandbox *sandbox);
+
 static void grant_credit(struct exec *exec, int index)
 {
+        struct sandbox *sandbox = exec->sandbox;
         struct output_stream *s = &exec->streams[index];
         uint64_t cost = s->bytes + s->chunks * EXEC_CHUNK_OVERHEAD, outstanding = s->granted - s->received, grant;
 
@@ -112,11 +119,35 @@ static void grant_credit(struct exec *exec, int index)
         grant = EXEC_OUTPUT_BUDGET - cost - outstanding;
         if (grant < EXEC_CREDIT_GRANT_MIN && outstanding > 0)
                 return;
+        /* The sandbox-wide budget: unread output of many execs must not add
+         * up without bound. Output nobody can read any more (exited, no
+         * reader) goes first; a running process just waits (backpressure). */
+        while (sandbox->output_buffered >= SANDBOX_OUTPUT_BUDGET && evict_exited_output(sandbox))
+                ;
+        if (sandbox->output_buffered >= SANDBOX_OUTPUT_BUDGET) {
+                exec->credit_withheld = true;
+                sandbox->output_starved = true;
+                return;
+        }
         if (grant > UINT32_MAX)
                 grant = UINT32_MAX;
-        if (init_channel_send(exec->sandbox->channel, MOAT_FRAME_CREDIT, (uint16_t)(index + 1), exec->pid,
+        if (init_channel_send(sandbox->channel, MOAT_FRAME_CREDIT, (uint16_t)(index + 1), exec->cookie,
                               (uint32_t)grant, NULL, 0) == 0)
                 s->granted += grant;
+}
+
+/* Buffered output went down: execs whose credit was withheld get it now. */
+static void release_withheld_credit(struct sandbox *sandbox)
+{
+        if (!sandbox->output_starved || sandbox->output_buffered >= SANDBOX_OUTPUT_BUDGET)
+                return;
+        sandbox->output_starved = false;
+        for (struct exec *e = sandbox->execs; e; e = e->next)
+                if (e->credit_withheld) {
+                        e->credit_withheld = false;
+                        grant_credit(e, 0);
+                        grant_credit(e, 1);
+                }
 }
 
 /* ---- buffers ---- */
@@ -151,6 +182,7 @@ static int buffer_append(struct exec *exec, int index, const uint8_t *data, size
                 memcpy(tail->data + tail->length, data, length);
                 tail->length += length;
                 s->bytes += length;
+                exec->sandbox->output_buffered += length;
                 return 0;
         }
         struct output_chunk *chunk = calloc(1, sizeof(*chunk));
@@ -171,6 +203,7 @@ static int buffer_append(struct exec *exec, int index, const uint8_t *data, size
         s->tail = chunk;
         s->bytes += length;
         s->chunks++;
+        exec->sandbox->output_buffered += length + EXEC_CHUNK_OVERHEAD;
         exec->last_stream = index;
         return 0;
 }
@@ -191,6 +224,7 @@ static size_t buffer_take(struct exec *exec, int index, size_t max, uint8_t *out
         memcpy(out, head->data + head->offset, n);
         head->offset += n;
         s->bytes -= n;
+        exec->sandbox->output_buffered -= n;
         if (head->offset == head->length) {
                 s->head = head->next;
                 if (!s->head) {
@@ -199,8 +233,10 @@ static size_t buffer_take(struct exec *exec, int index, size_t max, uint8_t *out
                                 exec->last_stream = -1;
                 }
                 s->chunks--;
+                exec->sandbox->output_buffered -= EXEC_CHUNK_OVERHEAD;
                 chunk_free(head);
         }
+        release_withheld_credit(exec->sandbox);
         return n;
 }
 
@@ -212,9 +248,31 @@ static void buffers_free(struct exec *exec)
                         next = c->next;
                         chunk_free(c);
                 }
+                exec->sandbox->output_buffered -=
+                        exec->streams[i].bytes + exec->streams[i].chunks * EXEC_CHUNK_OVERHEAD;
                 exec->streams[i].head = exec->streams[i].tail = NULL;
                 exec->streams[i].bytes = exec->streams[i].chunks = 0;
         }
+        exec->last_stream = -1;
+        release_withheld_credit(exec->sandbox);
+}
+
+/* Drops the buffered output of the exec that exited first among those nobody
+ * reads; its record says so (output_dropped). False if there is none. */
+static bool evict_exited_output(struct sandbox *sandbox)
+{
+        struct exec *victim = NULL;
+
+        for (struct exec *e = sandbox->execs; e; e = e->next)
+                if (e->state == EXEC_EXITED && (e->streams[0].head || e->streams[1].head) &&
+                    !e->streams[0].reader && !e->streams[1].reader && !e->collector &&
+                    (!victim || e->ended_at < victim->ended_at))
+                        victim = e;
+        if (!victim)
+                return false;
+        victim->output_dropped = true;
+        buffers_free(victim);
+        return true;
 }
 
 /* Which of the reader's streams has the oldest buffered chunk; -1 if none. */
@@ -450,14 +508,14 @@ static void stdin_flush(struct exec *exec)
                 if (n > sizeof(chunk))
                         n = sizeof(chunk);
                 n = (size_t)evbuffer_remove(exec->stdin_queue, chunk, n);
-                if (n == 0 || init_channel_send(exec->sandbox->channel, MOAT_FRAME_STDIN, 0, exec->pid, 0, chunk,
+                if (n == 0 || init_channel_send(exec->sandbox->channel, MOAT_FRAME_STDIN, 0, exec->cookie, 0, chunk,
                                                 n) < 0)
                         return;
                 exec->stdin_unacknowledged += n;
         }
         if (exec->stdin_close_requested && !exec->stdin_close_sent &&
             evbuffer_get_length(exec->stdin_queue) == 0) {
-                if (init_channel_send(exec->sandbox->channel, MOAT_FRAME_STDIN_CLOSE, 0, exec->pid, 0, NULL, 0) == 0)
+                if (init_channel_send(exec->sandbox->channel, MOAT_FRAME_STDIN_CLOSE, 0, exec->cookie, 0, NULL, 0) == 0)
                         exec->stdin_close_sent = true;
         }
 }
@@ -508,9 +566,9 @@ void exec_close_stdin(struct exec *exec, struct evhttp_request *request)
         api_reply_json(request, 200, json_object());
 }
 
-void exec_on_stdin_credit(struct sandbox *sandbox, uint32_t pid, uint32_t bytes)
+void exec_on_stdin_credit(struct sandbox *sandbox, uint32_t handle, uint32_t bytes)
 {
-        struct exec *exec = find_running(sandbox, pid);
+        struct exec *exec = find_running(sandbox, handle);
 
         if (!exec)
                 return;
@@ -523,7 +581,7 @@ void exec_on_stdin_credit(struct sandbox *sandbox, uint32_t pid, uint32_t bytes)
 static void send_signal(struct exec *exec, int signal)
 {
         if (can_talk_to_init(exec))
-                init_channel_send(exec->sandbox->channel, MOAT_FRAME_SIGNAL, 0, exec->pid, (uint32_t)signal, NULL,
+                init_channel_send(exec->sandbox->channel, MOAT_FRAME_SIGNAL, 0, exec->cookie, (uint32_t)signal, NULL,
                                   0);
 }
 
@@ -565,9 +623,16 @@ static void finish(struct exec *exec)
         sandbox_touch(sandbox);
 }
 
-void exec_on_exited(struct sandbox *sandbox, uint32_t pid, int32_t exit_code, int32_t signal)
+static bool prune_one_exited(struct sandbox *sandbox);
+
+static unsigned exited_count(const struct sandbox *sandbox)
 {
-        struct exec *exec = find_running(sandbox, pid);
+        return sandbox->exec_count - sandbox->live_exec_count - sandbox->starting_exec_count;
+}
+
+void exec_on_exited(struct sandbox *sandbox, uint32_t handle, int32_t exit_code, int32_t signal)
+{
+        struct exec *exec = find_running(sandbox, handle);
 
         if (!exec)
                 return;
@@ -590,7 +655,10 @@ void exec_on_exited(struct sandbox *sandbox, uint32_t pid, int32_t exit_code, in
                         sandbox_stop(sandbox, SANDBOX_END_OOM, true, exec->exit_code);
                 else
                         sandbox_stop(sandbox, SANDBOX_END_EXITED, true, exec->exit_code);
+                return;
         }
+        while (exited_count(sandbox) > SANDBOX_EXITED_EXECS_MAX && prune_one_exited(sandbox))
+                ;
 }
 
 void exec_end_all(struct sandbox *sandbox, bool oom)
@@ -602,6 +670,7 @@ void exec_end_all(struct sandbox *sandbox, bool oom)
         for (; exec; exec = next) {
                 next = exec->next;
                 if (exec->state == EXEC_STARTING) {
+                        leave_starting(exec);
                         exec->state = EXEC_EXITED;
                         if (exec->spawn_done)
                                 exec->spawn_done(exec, &stopped, exec->spawn_done_arg);
@@ -618,15 +687,40 @@ void exec_end_all(struct sandbox *sandbox, bool oom)
         }
 }
 
-int exec_on_output(struct sandbox *sandbox, uint32_t pid, int stream, const uint8_t *data, size_t length)
+static void leave_starting(struct exec *exec)
 {
-        struct exec *exec = find_running(sandbox, pid);
+        if (exec->state != EXEC_STARTING)
+                return;
+        if (exec->sandbox->starting_exec_count > 0)
+                exec->sandbox->starting_exec_count--;
+        if (exec->spawn_timer) {
+                event_free(exec->spawn_timer);
+                exec->spawn_timer = NULL;
+        }
+}
+
+static void on_spawn_timeout(evutil_socket_t fd, short what, void *arg)
+{
+        struct exec *exec = arg;
+        struct sandbox *sandbox = exec->sandbox;
+
+        /* An init that does not answer a SPAWN is stuck or hostile: nothing
+         * else it says can be trusted either. Stopping the sandbox fails
+         * this exec (and every other) with sandbox_not_running. */
+        log_warn("sandbox %s: init did not answer the spawn of %s within %d s", sandbox->id, exec->id,
+                 EXEC_SPAWN_TIMEOUT_S);
+        sandbox_stop(sandbox, SANDBOX_END_ERROR, false, 0);
+}
+
+int exec_on_output(struct sandbox *sandbox, uint32_t handle, int stream, const uint8_t *data, size_t length)
+{
+        struct exec *exec = find_running(sandbox, handle);
         struct output_stream *s;
 
         if (!exec)
                 return -1;
         s = &exec->streams[stream - 1];
-        s->received += length;
+        s->received += length + MOAT_OUTPUT_FRAME_CHARGE;
         /* Init may not send more than it was granted: that is the bound on
          * our memory, and init is not trusted to respect it by itself. */
         if (s->received > s->granted)
@@ -637,13 +731,14 @@ int exec_on_output(struct sandbox *sandbox, uint32_t pid, int stream, const uint
         return 0;
 }
 
-void exec_on_spawned(struct sandbox *sandbox, uint32_t cookie, uint32_t pid)
+void exec_on_spawned(struct sandbox *sandbox, uint32_t handle, uint32_t pid)
 {
-        struct exec *exec = find_starting(sandbox, cookie);
+        struct exec *exec = find_starting(sandbox, handle);
         exec_spawn_done_fn done;
 
         if (!exec)
                 return;
+        leave_starting(exec);
         exec->state = EXEC_RUNNING;
         exec->pid = pid;
         exec->started_at = moatd_now_ms();
@@ -672,10 +767,15 @@ void exec_on_spawn_failed(struct sandbox *sandbox, uint32_t cookie, int errno_va
 
         if (!exec)
                 return;
+        leave_starting(exec);
         /* A missing or non-executable argv[0] is the client's to fix. */
         if (errno_value == ENOENT || errno_value == EACCES || errno_value == ENOTDIR || errno_value == ENOEXEC) {
                 error.kind = MOAT_ERROR_NOT_FOUND;
                 snprintf(error.code, sizeof(error.code), "exec_not_found");
+        } else if (errno_value == EAGAIN) {
+                /* init's process table is full: a limit, like ours. */
+                error.kind = MOAT_ERROR_LIMIT_EXCEEDED;
+                snprintf(error.code, sizeof(error.code), "limit_exceeded");
         } else {
                 error.kind = MOAT_ERROR_SYSTEM;
                 snprintf(error.code, sizeof(error.code), "system");
@@ -793,14 +893,24 @@ struct exec *exec_start(struct sandbox *sandbox, const struct exec_request *requ
                                sandbox->id);
                 return NULL;
         }
-        if (sandbox->live_exec_count >= MOAT_INIT_PROCESSES_MAX) {
+        /* Starting execs count: each holds a queued SPAWN of up to 1 MiB. */
+        if (sandbox->live_exec_count + sandbox->starting_exec_count >= MOAT_INIT_PROCESSES_MAX) {
                 moat_error_set(err, MOAT_ERROR_LIMIT_EXCEEDED, 0, NULL, "sandbox %s runs %d execs already",
                                sandbox->id, MOAT_INIT_PROCESSES_MAX);
                 return NULL;
         }
-        if (sandbox->exec_count >= SANDBOX_EXEC_RECORDS_MAX && !prune_one_exited(sandbox)) {
-                moat_error_set(err, MOAT_ERROR_LIMIT_EXCEEDED, 0, NULL, "sandbox %s has too many execs",
-                               sandbox->id);
+        /* An init that stopped reading must not make us queue without bound. */
+        if (init_channel_pending(sandbox->channel) > EXEC_INIT_QUEUE_MAX) {
+                moat_error_set(err, MOAT_ERROR_LIMIT_EXCEEDED, 0, NULL,
+                               "sandbox %s: init is not keeping up; retry later", sandbox->id);
+                return NULL;
+        }
+        while (exited_count(sandbox) >= SANDBOX_EXITED_EXECS_MAX && prune_one_exited(sandbox))
+                ;
+        if (exited_count(sandbox) >= SANDBOX_EXITED_EXECS_MAX) {
+                moat_error_set(err, MOAT_ERROR_LIMIT_EXCEEDED, 0, NULL,
+                               "sandbox %s keeps %d exited execs that are still watched", sandbox->id,
+                               SANDBOX_EXITED_EXECS_MAX);
                 return NULL;
         }
         exec = calloc(1, sizeof(*exec));
@@ -838,6 +948,10 @@ struct exec *exec_start(struct sandbox *sandbox, const struct exec_request *requ
                 sandbox->execs->prev = exec;
         sandbox->execs = exec;
         sandbox->exec_count++;
+        sandbox->starting_exec_count++;
+        exec->spawn_timer = evtimer_new(sandbox->daemon->base, on_spawn_timeout, exec);
+        if (exec->spawn_timer)
+                evtimer_add(exec->spawn_timer, &(struct timeval){.tv_sec = EXEC_SPAWN_TIMEOUT_S});
         return exec;
 }
 
@@ -847,6 +961,7 @@ void exec_free(struct exec *exec)
 
         if (exec->state == EXEC_RUNNING && sandbox->live_exec_count > 0)
                 sandbox->live_exec_count--;
+        leave_starting(exec);
         exec->state = EXEC_EXITED;
         while (exec->waiters)
                 waiter_reply(exec->waiters);

@@ -10,6 +10,7 @@
 #include <stdint.h>
 
 #include "common/error.h"
+#include "common/protocol.h"
 #include "ids.h"
 #include "request.h"
 
@@ -21,11 +22,17 @@ struct run_collector;
 struct exec;
 
 #define EXEC_OUTPUT_BUDGET (1024 * 1024)   /* per stream: buffered + credit init still holds */
-#define EXEC_CHUNK_OVERHEAD 64             /* bytes charged per buffered chunk */
+/* Bytes charged per buffered chunk: what a chunk costs beyond its bytes (its
+ * struct and two malloc headers), the same as the credit init spends per
+ * OUTPUT frame, so memory per stream stays within ~2x the budget whatever
+ * the frame sizes. */
+#define EXEC_CHUNK_OVERHEAD MOAT_OUTPUT_FRAME_CHARGE
 #define EXEC_CREDIT_GRANT_MIN (64 * 1024)  /* no CREDIT frame for less (unless idle) */
 #define EXEC_STDIN_QUEUE_MAX (4 * 1024 * 1024)
 #define EXEC_RUN_OUTPUT_MAX (16 * 1024 * 1024)
 #define EXEC_READER_BATCH (48 * 1024)      /* raw bytes per chunk sent to a reader */
+#define EXEC_SPAWN_TIMEOUT_S 30            /* init must answer a SPAWN within this */
+#define EXEC_INIT_QUEUE_MAX (4 * 1024 * 1024) /* bytes queued towards init before new execs get 429 */
 
 enum exec_state { EXEC_STARTING, EXEC_RUNNING, EXEC_EXITED };
 
@@ -49,16 +56,20 @@ struct exec {
         struct exec *next, *prev;
         struct sandbox *sandbox;
         char id[MOAT_ID_MAX];
-        uint32_t pid, cookie;
+        uint32_t pid;    /* OS pid in the sandbox: what clients see */
+        uint32_t cookie; /* the handle init names this process by: never reused in a sandbox */
         json_t *argv;
         char *tag;
         enum exec_state state;
         int exit_code, signal;
         bool timed_out, oom_killed;
+        bool output_dropped; /* unread output evicted after exit (sandbox output budget) */
+        bool credit_withheld; /* waiting for room in the sandbox output budget */
         int64_t started_at, ended_at;
         uint64_t oom_kills_at_start;
         uint32_t timeout_s;
         struct event *timeout_timer;
+        struct event *spawn_timer; /* while STARTING */
 
         struct output_stream streams[2]; /* [0] stdout, [1] stderr */
         uint64_t next_sequence;
@@ -84,11 +95,11 @@ json_t *exec_to_json(const struct exec *exec);
 void exec_free(struct exec *exec);
 
 /* Frames from init, routed by the sandbox. Return -1 on a protocol violation. */
-void exec_on_spawned(struct sandbox *sandbox, uint32_t cookie, uint32_t pid);
+void exec_on_spawned(struct sandbox *sandbox, uint32_t handle, uint32_t pid);
 void exec_on_spawn_failed(struct sandbox *sandbox, uint32_t cookie, int errno_value, const char *message);
-int exec_on_output(struct sandbox *sandbox, uint32_t pid, int stream, const uint8_t *data, size_t length);
-void exec_on_exited(struct sandbox *sandbox, uint32_t pid, int32_t exit_code, int32_t signal);
-void exec_on_stdin_credit(struct sandbox *sandbox, uint32_t pid, uint32_t bytes);
+int exec_on_output(struct sandbox *sandbox, uint32_t handle, int stream, const uint8_t *data, size_t length);
+void exec_on_exited(struct sandbox *sandbox, uint32_t handle, int32_t exit_code, int32_t signal);
+void exec_on_stdin_credit(struct sandbox *sandbox, uint32_t handle, uint32_t bytes);
 /* The sandbox stopped: every exec not yet exited ends as killed. */
 void exec_end_all(struct sandbox *sandbox, bool oom);
 

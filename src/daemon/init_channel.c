@@ -13,8 +13,13 @@
 #include "common/cleanup.h"
 #include "common/protocol.h"
 
+/* Frames dispatched per read callback: a flood of tiny frames from init must
+ * not hold the loop (and every other sandbox and client) for long. */
+#define FRAMES_PER_CALLBACK 256
+
 struct init_channel {
         struct bufferevent *bev;
+        struct event *resume; /* continues dispatching after the budget ran out */
         struct init_channel_handlers handlers;
         void *arg;
         bool dispatching;
@@ -41,6 +46,8 @@ int init_channel_connect(const char *path, struct moat_error **err)
 
 static void channel_free(struct init_channel *channel)
 {
+        if (channel->resume)
+                event_free(channel->resume);
         bufferevent_free(channel->bev);
         free(channel);
 }
@@ -63,7 +70,7 @@ static void dispatch(struct init_channel *channel, const struct moat_frame_heade
                 on->hello(channel->arg, moat_get_u32(payload), moat_get_u32(payload + 4));
                 break;
         case MOAT_FRAME_SPAWNED:
-                on->spawned(channel->arg, h->aux, h->pid);
+                on->spawned(channel->arg, h->handle, h->aux); /* cookie = handle, OS pid */
                 break;
         case MOAT_FRAME_SPAWN_FAILED: {
                 char message[512];
@@ -78,13 +85,13 @@ static void dispatch(struct init_channel *channel, const struct moat_frame_heade
                 break;
         }
         case MOAT_FRAME_OUTPUT:
-                on->output(channel->arg, h->pid, h->flags, payload, h->length);
+                on->output(channel->arg, h->handle, h->flags, payload, h->length);
                 break;
         case MOAT_FRAME_EXIT:
-                on->exited(channel->arg, h->pid, (int32_t)moat_get_u32(payload), (int32_t)moat_get_u32(payload + 4));
+                on->exited(channel->arg, h->handle, (int32_t)moat_get_u32(payload), (int32_t)moat_get_u32(payload + 4));
                 break;
         case MOAT_FRAME_STDIN_CREDIT:
-                on->stdin_credit(channel->arg, h->pid, h->aux);
+                on->stdin_credit(channel->arg, h->handle, h->aux);
                 break;
         default:
                 fail(channel, "unexpected frame type from init");
@@ -97,6 +104,8 @@ static void on_read(struct bufferevent *bev, void *arg)
         struct init_channel *channel = arg;
         struct evbuffer *input = bufferevent_get_input(bev);
 
+        int budget = FRAMES_PER_CALLBACK;
+
         channel->dispatching = true;
         while (!channel->closed) {
                 uint8_t header_bytes[MOAT_FRAME_HEADER_SIZE];
@@ -105,6 +114,11 @@ static void on_read(struct bufferevent *bev, void *arg)
 
                 if (evbuffer_copyout(input, header_bytes, sizeof(header_bytes)) < (ssize_t)sizeof(header_bytes))
                         break;
+                if (budget-- == 0) {
+                        /* More is buffered: let other events run, then go on. */
+                        event_active(channel->resume, EV_TIMEOUT, 0);
+                        break;
+                }
                 if (moat_frame_header_decode(header_bytes, &h) < 0) {
                         fail(channel, "malformed frame from init");
                         break;
@@ -123,6 +137,13 @@ static void on_read(struct bufferevent *bev, void *arg)
         channel->dispatching = false;
         if (channel->closed)
                 channel_free(channel);
+}
+
+static void on_resume(evutil_socket_t fd, short what, void *arg)
+{
+        struct init_channel *channel = arg;
+
+        on_read(channel->bev, channel);
 }
 
 static void on_event(struct bufferevent *bev, short what, void *arg)
@@ -147,8 +168,14 @@ struct init_channel *init_channel_new(struct event_base *base, int fd, const str
                 return NULL;
         }
         channel->bev = bufferevent_socket_new(base, fd, BEV_OPT_CLOSE_ON_FREE);
-        if (!channel->bev) {
-                close(fd);
+        channel->resume = event_new(base, -1, 0, on_resume, channel);
+        if (!channel->bev || !channel->resume) {
+                if (channel->bev)
+                        bufferevent_free(channel->bev);
+                else
+                        close(fd);
+                if (channel->resume)
+                        event_free(channel->resume);
                 free(channel);
                 moat_error_system(err, ENOMEM, "bufferevent_socket_new");
                 return NULL;
@@ -162,11 +189,11 @@ struct init_channel *init_channel_new(struct event_base *base, int fd, const str
         return channel;
 }
 
-int init_channel_send(struct init_channel *channel, uint16_t type, uint16_t flags, uint32_t pid, uint32_t aux,
+int init_channel_send(struct init_channel *channel, uint16_t type, uint16_t flags, uint32_t handle, uint32_t aux,
                       const void *payload, size_t length)
 {
         struct moat_frame_header h = {
-                .length = (uint32_t)length, .type = type, .flags = flags, .pid = pid, .aux = aux};
+                .length = (uint32_t)length, .type = type, .flags = flags, .handle = handle, .aux = aux};
         uint8_t header_bytes[MOAT_FRAME_HEADER_SIZE];
 
         if (channel->closed || length > MOAT_FRAME_PAYLOAD_MAX)

@@ -40,6 +40,7 @@ struct sandbox_delete {
 };
 
 static void start_teardown(struct sandbox *sandbox);
+static void on_hello_timeout(evutil_socket_t fd, short what, void *arg);
 
 /* ---- names, lookup, references ---- */
 
@@ -118,6 +119,8 @@ static void sandbox_free(struct sandbox *sandbox)
                 event_free(sandbox->idle_timer);
         if (sandbox->prune_timer)
                 event_free(sandbox->prune_timer);
+        if (sandbox->hello_timer)
+                event_free(sandbox->hello_timer);
         sandbox_request_clear(&sandbox->config);
         free(sandbox->shell);
         free(sandbox);
@@ -350,7 +353,11 @@ static void on_prune(evutil_socket_t fd, short what, void *arg)
         struct sandbox *s = arg;
 
         s->delete_requested = true;
-        after_teardown(s);
+        /* A teardown that could not start (no memory) is retried here. */
+        if (s->cell && !s->tearing_down)
+                start_teardown(s);
+        else
+                after_teardown(s);
 }
 
 static void reply_create_failed(struct sandbox *s, const struct moat_error *error)
@@ -378,6 +385,8 @@ void sandbox_stop(struct sandbox *s, enum sandbox_end_reason reason, bool has_ex
                 evtimer_del(s->lifetime_timer);
         if (s->idle_timer)
                 evtimer_del(s->idle_timer);
+        if (s->hello_timer)
+                evtimer_del(s->hello_timer);
         if (s->pidfd_event)
                 event_del(s->pidfd_event);
         /* Kill first: nothing in the sandbox runs on while we clean up. */
@@ -578,6 +587,8 @@ static void on_hello(void *arg, uint32_t version, uint32_t live_processes)
                 return;
         if (version != MOAT_PROTOCOL_VERSION)
                 return protocol_violation(s, "init speaks another protocol version");
+        if (s->hello_timer)
+                evtimer_del(s->hello_timer);
         s->state = SANDBOX_RUNNING;
         sandbox_touch(s);
         store_state(s);
@@ -736,7 +747,27 @@ static void create_done(void *arg)
                 moat_put_u32(version, MOAT_PROTOCOL_VERSION);
                 init_channel_send(s->channel, MOAT_FRAME_HELLO, 0, 0, 0, version, sizeof(version));
         }
+        s->hello_timer = evtimer_new(s->daemon->base, on_hello_timeout, s);
+        if (s->hello_timer)
+                evtimer_add(s->hello_timer, &(struct timeval){.tv_sec = SANDBOX_HELLO_TIMEOUT_S});
         sandbox_unref(s);
+}
+
+static void on_hello_timeout(evutil_socket_t fd, short what, void *arg)
+{
+        struct sandbox *s = arg;
+        struct moat_error error = {.kind = MOAT_ERROR_TIMEOUT, .code = "timeout"};
+
+        if (s->state != SANDBOX_CREATING)
+                return;
+        /* init never said HELLO: without it the sandbox is useless, and
+         * its lifetime timer (armed at HELLO) would never end it. */
+        log_warn("sandbox %s: init did not answer HELLO within %d s", s->id, SANDBOX_HELLO_TIMEOUT_S);
+        snprintf(error.message, sizeof(error.message), "init of sandbox %s did not start within %d s", s->id,
+                 SANDBOX_HELLO_TIMEOUT_S);
+        s->delete_requested = true;
+        reply_create_failed(s, &error);
+        sandbox_stop(s, SANDBOX_END_ERROR, false, 0);
 }
 
 static bool host_id_base_used(struct moatd *daemon, uint32_t base)

@@ -29,7 +29,14 @@ enum sandbox_end_reason {
 
 #define SANDBOX_ID_COUNT 65536u /* host uids/gids per sandbox */
 #define SANDBOX_RECORD_KEEP_MS (3600 * 1000)
-#define SANDBOX_EXEC_RECORDS_MAX 4096
+/* Exited exec records kept per sandbox (oldest unwatched ones go first);
+ * live execs are bounded by MOAT_INIT_PROCESSES_MAX on top of these. */
+#define SANDBOX_EXITED_EXECS_MAX 256
+/* Output buffered in moatd across all of a sandbox's execs: past it running
+ * execs get no more credit, and unread output of exited execs is evicted. */
+#define SANDBOX_OUTPUT_BUDGET (32 * 1024 * 1024)
+/* init must say HELLO within this after its cell is up. */
+#define SANDBOX_HELLO_TIMEOUT_S 10
 
 struct sandbox_waiter;
 struct sandbox_delete;
@@ -53,11 +60,13 @@ struct sandbox {
 
         struct moat_cell *cell;
         bool create_in_flight; /* a worker is building the cell */
-        struct event *pidfd_event, *lifetime_timer, *idle_timer, *prune_timer;
+        struct event *pidfd_event, *lifetime_timer, *idle_timer, *prune_timer, *hello_timer;
         struct init_channel *channel;
 
         struct exec *execs; /* newest first */
-        unsigned exec_count, live_exec_count;
+        unsigned exec_count, live_exec_count, starting_exec_count;
+        uint64_t output_buffered; /* sum over execs of bytes + per-chunk charge buffered */
+        bool output_starved;      /* some exec's credit was withheld for the sandbox budget */
         uint32_t next_cookie;
         struct exec *entrypoint;
 

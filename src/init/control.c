@@ -79,20 +79,20 @@ static uint8_t *reserve(size_t bytes)
         return outqueue + out_end;
 }
 
-static void put_header(uint8_t *at, uint16_t type, uint16_t flags, uint32_t pid, uint32_t aux, size_t length)
+static void put_header(uint8_t *at, uint16_t type, uint16_t flags, uint32_t handle, uint32_t aux, size_t length)
 {
         struct moat_frame_header h = {
-                .length = (uint32_t)length, .type = type, .flags = flags, .pid = pid, .aux = aux,
+                .length = (uint32_t)length, .type = type, .flags = flags, .handle = handle, .aux = aux,
         };
 
         moat_frame_header_encode(&h, at);
 }
 
-void control_send(uint16_t type, uint16_t flags, uint32_t pid, uint32_t aux, const void *payload, size_t length)
+void control_send(uint16_t type, uint16_t flags, uint32_t handle, uint32_t aux, const void *payload, size_t length)
 {
         uint8_t *at = reserve(MOAT_FRAME_HEADER_SIZE + length);
 
-        put_header(at, type, flags, pid, aux, length);
+        put_header(at, type, flags, handle, aux, length);
         if (length)
                 memcpy(at + MOAT_FRAME_HEADER_SIZE, payload, length);
         out_end += MOAT_FRAME_HEADER_SIZE + length;
@@ -103,9 +103,9 @@ uint8_t *control_reserve_output(size_t max)
         return reserve(MOAT_FRAME_HEADER_SIZE + max) + MOAT_FRAME_HEADER_SIZE;
 }
 
-void control_commit_output(uint32_t pid, uint16_t stream, size_t length)
+void control_commit_output(uint32_t handle, uint16_t stream, size_t length)
 {
-        put_header(outqueue + out_end, MOAT_FRAME_OUTPUT, stream, pid, 0, length);
+        put_header(outqueue + out_end, MOAT_FRAME_OUTPUT, stream, handle, 0, length);
         out_end += MOAT_FRAME_HEADER_SIZE + length;
 }
 
@@ -139,7 +139,7 @@ static void filter_queue_for_new_connection(void)
                 if (type == MOAT_FRAME_OUTPUT) {
                         struct process *p = process_find(moat_get_u32(outqueue + read_at + 8));
                         uint16_t stream = moat_get_u16(outqueue + read_at + 6);
-                        size_t bytes = size - MOAT_FRAME_HEADER_SIZE;
+                        size_t bytes = size - MOAT_FRAME_HEADER_SIZE + MOAT_OUTPUT_FRAME_CHARGE;
 
                         if (p && (stream == MOAT_STREAM_STDOUT || stream == MOAT_STREAM_STDERR)) {
                                 struct process_output *o = &p->out[stream - 1];
@@ -207,20 +207,20 @@ static int dispatch(const struct moat_frame_header *h, const uint8_t *payload)
                 process_spawn(h->aux, payload, h->length);
                 return 0;
         case MOAT_FRAME_STDIN:
-                return io_stdin_push(h->pid, payload, h->length);
+                return io_stdin_push(h->handle, payload, h->length);
         case MOAT_FRAME_STDIN_CLOSE:
-                io_stdin_close(h->pid);
+                io_stdin_close(h->handle);
                 return 0;
         case MOAT_FRAME_SIGNAL:
                 if (h->aux < 1 || h->aux > 64)
                         return -1;
-                process_signal(h->pid, (int)h->aux);
+                process_signal(h->handle, (int)h->aux);
                 return 0;
         case MOAT_FRAME_CREDIT:
-                io_output_credit(h->pid, h->flags, h->aux);
+                io_output_credit(h->handle, h->flags, h->aux);
                 return 0;
         case MOAT_FRAME_RESIZE:
-                process_resize(h->pid, (uint16_t)(h->aux >> 16), (uint16_t)h->aux);
+                process_resize(h->handle, (uint16_t)(h->aux >> 16), (uint16_t)h->aux);
                 return 0;
         default: /* init -> moatd types are not accepted from moatd */
                 return -1;

@@ -22,16 +22,19 @@ enum io_read_result io_read_output(struct process *p, int stream_index)
 
         if (o->watch.fd < 0)
                 return IO_READ_END;
-        if (o->credit == 0 || !control_can_send(MOAT_FRAME_HEADER_SIZE + MOAT_OUTPUT_CHUNK_MAX))
+        /* Each frame spends its length plus the per-frame charge. */
+        if (o->credit <= MOAT_OUTPUT_FRAME_CHARGE || !control_can_send(MOAT_FRAME_HEADER_SIZE + MOAT_OUTPUT_CHUNK_MAX))
                 return IO_READ_BLOCKED;
-        want = o->credit < MOAT_OUTPUT_CHUNK_MAX ? (size_t)o->credit : MOAT_OUTPUT_CHUNK_MAX;
+        want = o->credit - MOAT_OUTPUT_FRAME_CHARGE < MOAT_OUTPUT_CHUNK_MAX
+                       ? (size_t)(o->credit - MOAT_OUTPUT_FRAME_CHARGE)
+                       : MOAT_OUTPUT_CHUNK_MAX;
         dst = control_reserve_output(want);
         do
                 n = read(o->watch.fd, dst, want);
         while (n < 0 && errno == EINTR);
         if (n > 0) {
-                control_commit_output((uint32_t)p->pid, (uint16_t)(stream_index + 1), (size_t)n);
-                o->credit -= (uint64_t)n;
+                control_commit_output(p->cookie, (uint16_t)(stream_index + 1), (size_t)n);
+                o->credit -= (uint64_t)n + MOAT_OUTPUT_FRAME_CHARGE;
                 return IO_READ_DATA;
         }
         if (n < 0 && errno == EAGAIN)
@@ -50,21 +53,21 @@ void io_on_output_ready(struct process *p, int stream_index)
                         return;
 }
 
-void io_output_credit(uint32_t pid, uint16_t stream, uint32_t bytes)
+void io_output_credit(uint32_t handle, uint16_t stream, uint32_t bytes)
 {
-        struct process *p = process_find(pid);
+        struct process *p = process_find(handle);
         struct process_output *o;
 
-        /* Unknown pid: it just exited; the peer learns from EXIT. */
+        /* Unknown handle: it just exited; the peer learns from EXIT. */
         if (!p || (stream != MOAT_STREAM_STDOUT && stream != MOAT_STREAM_STDERR))
                 return;
         o = &p->out[stream - 1];
         o->credit = o->credit + bytes > CREDIT_MAX ? CREDIT_MAX : o->credit + bytes;
 }
 
-int io_stdin_push(uint32_t pid, const uint8_t *data, size_t length)
+int io_stdin_push(uint32_t handle, const uint8_t *data, size_t length)
 {
-        struct process *p = process_find(pid);
+        struct process *p = process_find(handle);
         size_t queued;
 
         if (!p || p->state != PROCESS_RUNNING)
@@ -134,9 +137,9 @@ void io_stdin_write(struct process *p)
         }
 }
 
-void io_stdin_close(uint32_t pid)
+void io_stdin_close(uint32_t handle)
 {
-        struct process *p = process_find(pid);
+        struct process *p = process_find(handle);
 
         if (!p || p->state != PROCESS_RUNNING)
                 return;
@@ -153,7 +156,7 @@ bool io_stdin_flush_credit(struct process *p)
         if (!control_can_send(MOAT_FRAME_HEADER_SIZE))
                 return false;
         bytes = p->stdin_credit_pending > UINT32_MAX ? UINT32_MAX : (uint32_t)p->stdin_credit_pending;
-        control_send(MOAT_FRAME_STDIN_CREDIT, 0, (uint32_t)p->pid, bytes, NULL, 0);
+        control_send(MOAT_FRAME_STDIN_CREDIT, 0, p->cookie, bytes, NULL, 0);
         p->stdin_credit_pending -= bytes;
         return p->stdin_credit_pending == 0;
 }

@@ -25,12 +25,24 @@ struct process process_table[MOAT_INIT_PROCESSES_MAX];
  * it is 64 KiB of pointers. The child reads it while init is suspended. */
 static struct moat_spawn_spec spawn_spec;
 
-struct process *process_find(uint32_t pid)
+struct process *process_find(uint32_t handle)
 {
-        if (pid == 0)
+        if (handle == 0)
                 return NULL;
         for (size_t i = 0; i < MOAT_INIT_PROCESSES_MAX; i++)
-                if (process_table[i].state != PROCESS_FREE && (uint32_t)process_table[i].pid == pid)
+                if (process_table[i].state != PROCESS_FREE && process_table[i].cookie == handle)
+                        return &process_table[i];
+        return NULL;
+}
+
+/* The reaped pid belongs to the slot that has not exited yet: a slot whose
+ * process exited keeps its (stale) pid until EXIT is sent, and the kernel may
+ * already have given that pid to a new process. */
+static struct process *process_find_unreaped(pid_t pid)
+{
+        for (size_t i = 0; i < MOAT_INIT_PROCESSES_MAX; i++)
+                if (process_table[i].state != PROCESS_FREE && !process_table[i].exited &&
+                    process_table[i].pid == pid)
                         return &process_table[i];
         return NULL;
 }
@@ -171,6 +183,16 @@ void process_spawn(uint32_t cookie, const uint8_t *payload, size_t length)
                 spawn_failed(cookie, EINVAL, "invalid spawn spec");
                 return;
         }
+        /* The cookie becomes the handle every later frame names: it must be
+         * unambiguous. */
+        if (cookie == 0) {
+                spawn_failed(cookie, EINVAL, "cookie 0 is not a valid handle");
+                return;
+        }
+        if (process_find(cookie)) {
+                spawn_failed(cookie, EEXIST, "handle %u is in use", cookie);
+                return;
+        }
         for (size_t i = 0; i < MOAT_INIT_PROCESSES_MAX && !p; i++)
                 if (process_table[i].state == PROCESS_FREE)
                         p = &process_table[i];
@@ -229,7 +251,7 @@ void process_on_report(struct process *p)
         if (n == 0) {
                 /* EOF: the CLOEXEC write end closed in a successful execve. */
                 p->state = PROCESS_RUNNING;
-                control_send(MOAT_FRAME_SPAWNED, 0, (uint32_t)p->pid, p->cookie, NULL, 0);
+                control_send(MOAT_FRAME_SPAWNED, 0, p->cookie, (uint32_t)p->pid, NULL, 0);
                 return;
         }
         if (n == (ssize_t)sizeof(report)) {
@@ -258,7 +280,7 @@ void process_reap_all(void)
                 if (pid <= 0)
                         return;
                 /* Orphans reparented to us are reaped and not reported. */
-                p = process_find((uint32_t)pid);
+                p = process_find_unreaped(pid);
                 if (!p)
                         continue;
                 p->exited = true;
@@ -272,20 +294,20 @@ void process_reap_all(void)
         }
 }
 
-void process_signal(uint32_t pid, int sig)
+void process_signal(uint32_t handle, int sig)
 {
-        struct process *p = process_find(pid);
+        struct process *p = process_find(handle);
 
         /* setsid() made the process a group leader: signal its whole group, so
-         * a shell's children get it too. Only pids we track, so a stale pid can
-         * not hit an unrelated process. */
-        if (p && (p->state == PROCESS_RUNNING || p->state == PROCESS_STARTING))
+         * a shell's children get it too. Only processes not yet reaped, so a
+         * reused pid can not hit an unrelated process. */
+        if (p && !p->exited && (p->state == PROCESS_RUNNING || p->state == PROCESS_STARTING))
                 kill(-p->pid, sig);
 }
 
-void process_resize(uint32_t pid, uint16_t rows, uint16_t cols)
+void process_resize(uint32_t handle, uint16_t rows, uint16_t cols)
 {
-        struct process *p = process_find(pid);
+        struct process *p = process_find(handle);
 
         if (p && p->pty_master >= 0)
                 pty_resize(p->pty_master, rows, cols);
@@ -336,7 +358,7 @@ static void pump_one(struct process *p)
                 return;
         moat_put_u32(payload, (uint32_t)p->exit_code);
         moat_put_u32(payload + 4, (uint32_t)p->exit_signal);
-        control_send(MOAT_FRAME_EXIT, 0, (uint32_t)p->pid, 0, payload, sizeof(payload));
+        control_send(MOAT_FRAME_EXIT, 0, p->cookie, 0, payload, sizeof(payload));
         process_free(p);
 }
 
@@ -359,7 +381,9 @@ void process_update_interest_all(void)
                 loop_watch_set(&p->report, room ? EPOLLIN : 0);
                 for (int s = 0; s < 2; s++)
                         loop_watch_set(&p->out[s].watch,
-                                       p->state == PROCESS_RUNNING && room && p->out[s].credit ? EPOLLIN : 0);
+                                       p->state == PROCESS_RUNNING && room && p->out[s].credit > MOAT_OUTPUT_FRAME_CHARGE
+                                               ? EPOLLIN
+                                               : 0);
                 loop_watch_set(&p->in, p->state == PROCESS_RUNNING && p->stdin_end > p->stdin_start ? EPOLLOUT : 0);
         }
 }

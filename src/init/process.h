@@ -25,7 +25,7 @@ struct process_output {
 struct process {
         enum process_state state;
         pid_t pid;
-        uint32_t cookie;
+        uint32_t cookie; /* the handle moatd names this process by (never reused) */
         bool pty;
         struct loop_watch report; /* CLOEXEC pipe: EOF = exec succeeded */
         struct process_output out[2]; /* [0] stdout, [1] stderr */
@@ -43,14 +43,15 @@ struct process {
 
 extern struct process process_table[MOAT_INIT_PROCESSES_MAX];
 
-struct process *process_find(uint32_t pid);
+/* By handle (the SPAWN cookie); NULL for 0 or unknown. */
+struct process *process_find(uint32_t handle);
 size_t process_live_count(void);
 /* Handle a SPAWN frame; answers SPAWNED/SPAWN_FAILED (later, from the report). */
 void process_spawn(uint32_t cookie, const uint8_t *payload, size_t length);
 void process_on_report(struct process *p);
 void process_reap_all(void);
-void process_signal(uint32_t pid, int sig);
-void process_resize(uint32_t pid, uint16_t rows, uint16_t cols);
+void process_signal(uint32_t handle, int sig);
+void process_resize(uint32_t handle, uint16_t rows, uint16_t cols);
 /* Drain exited processes, return stdin credit, send EXIT and free. */
 void process_pump_all(void);
 void process_update_interest_all(void);

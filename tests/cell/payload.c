@@ -49,11 +49,11 @@ static int read_all(int fd, void *data, size_t length)
         return 0;
 }
 
-static int send_frame(int fd, uint16_t type, uint16_t flags, uint32_t pid, uint32_t aux, const void *data,
+static int send_frame(int fd, uint16_t type, uint16_t flags, uint32_t handle, uint32_t aux, const void *data,
                       uint32_t length)
 {
         uint8_t header[MOAT_FRAME_HEADER_SIZE];
-        struct moat_frame_header h = { .length = length, .type = type, .flags = flags, .pid = pid, .aux = aux };
+        struct moat_frame_header h = { .length = length, .type = type, .flags = flags, .handle = handle, .aux = aux };
 
         moat_frame_header_encode(&h, header);
         if (write_all(fd, header, sizeof(header)) < 0)
@@ -85,7 +85,7 @@ static int run(int connection, uint32_t cookie)
         }
         close(out[1]);
         close(err[1]);
-        send_frame(connection, MOAT_FRAME_SPAWNED, 0, (uint32_t)pid, cookie, NULL, 0);
+        send_frame(connection, MOAT_FRAME_SPAWNED, 0, cookie, (uint32_t)pid, NULL, 0);
         struct pollfd p[2] = { { .fd = out[0], .events = POLLIN }, { .fd = err[0], .events = POLLIN } };
         while (open_streams) {
                 if (poll(p, 2, -1) < 0 && errno != EINTR)
@@ -95,7 +95,7 @@ static int run(int connection, uint32_t cookie)
                                 continue;
                         ssize_t n = read(p[i].fd, buffer, sizeof(buffer));
                         if (n > 0) {
-                                send_frame(connection, MOAT_FRAME_OUTPUT, (uint16_t)(i + 1), (uint32_t)pid, 0, buffer,
+                                send_frame(connection, MOAT_FRAME_OUTPUT, (uint16_t)(i + 1), cookie, 0, buffer,
                                            (uint32_t)n);
                         } else {
                                 close(p[i].fd);
@@ -108,7 +108,7 @@ static int run(int connection, uint32_t cookie)
                 ;
         moat_put_u32(exit_payload, (uint32_t)(WIFEXITED(status) ? WEXITSTATUS(status) : -1));
         moat_put_u32(exit_payload + 4, (uint32_t)(WIFSIGNALED(status) ? WTERMSIG(status) : 0));
-        return send_frame(connection, MOAT_FRAME_EXIT, 0, (uint32_t)pid, 0, exit_payload, 8);
+        return send_frame(connection, MOAT_FRAME_EXIT, 0, cookie, 0, exit_payload, 8);
 }
 
 static void serve(int connection)

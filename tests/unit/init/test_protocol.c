@@ -14,7 +14,7 @@ static struct moat_spawn_spec spec; /* 64 KiB: not on the stack */
 
 static int decode_header(uint32_t length, uint16_t type, uint16_t flags)
 {
-        struct moat_frame_header h = { .length = length, .type = type, .flags = flags, .pid = 1, .aux = 2 };
+        struct moat_frame_header h = { .length = length, .type = type, .flags = flags, .handle = 1, .aux = 2 };
         struct moat_frame_header out;
         uint8_t buf[MOAT_FRAME_HEADER_SIZE];
 
@@ -25,7 +25,7 @@ static int decode_header(uint32_t length, uint16_t type, uint16_t flags)
 static void test_header_round_trip(void **state)
 {
         struct moat_frame_header h = { .length = 12345, .type = MOAT_FRAME_SPAWN, .flags = 0xbeef,
-                                       .pid = 0xdeadbeef, .aux = 0x01020304 };
+                                       .handle = 0xdeadbeef, .aux = 0x01020304 };
         struct moat_frame_header out = { 0 };
         uint8_t buf[MOAT_FRAME_HEADER_SIZE];
 

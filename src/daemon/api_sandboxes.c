@@ -77,6 +77,19 @@ void api_sandboxes_list(struct api_call *call)
                         return api_reply_new_error(call->request, MOAT_ERROR_INVALID_ARGUMENT, NULL,
                                                    "unknown query parameter `%.64s`", pair->key);
                 }
+                /* Validate every filter up front, whether or not a sandbox exists. */
+                if (strcmp(pair->key, "tag") == 0) {
+                        char *key = NULL, *value = NULL;
+                        int r = request_parse_tag_filter(pair->value, &key, &value, &err);
+                        free(key);
+                        free(value);
+                        if (r < 0) {
+                                json_decref(list);
+                                api_reply_error(call->request, err);
+                                moat_error_free(err);
+                                return;
+                        }
+                }
         }
         for (struct sandbox *s = call->daemon->sandboxes; s; s = s->next) {
                 if (state && strcmp(state, sandbox_state_name(s->state)) != 0)

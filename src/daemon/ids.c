@@ -58,10 +58,11 @@ bool moat_id_valid(const char *prefix, const char *s)
 int moat_random_below(unsigned long long bound, unsigned long long *ret_value, struct moat_error **err)
 {
         /* Rejection sampling: a plain modulo would favour small values. */
-        unsigned long long limit = UINT64_MAX - (UINT64_MAX % bound), value;
+        unsigned long long limit, value;
 
         if (bound == 0)
                 return moat_error_set(err, MOAT_ERROR_INTERNAL, 0, NULL, "random bound is 0");
+        limit = UINT64_MAX - (UINT64_MAX % bound);
         do {
                 if (random_bytes(&value, sizeof(value), err) < 0)
                         return -1;

@@ -62,7 +62,9 @@ const char *image_store_shell(struct moatd *daemon, const char *name)
         return "sh";
 }
 
-static uint64_t tree_size;
+/* nftw's callback takes no argument: the running total is per thread, since
+ * imports run on several workers at once. */
+static __thread uint64_t tree_size;
 static int add_size(const char *path, const struct stat *st, int type, struct FTW *ftw)
 {
         if (type == FTW_F || type == FTW_SL)
@@ -79,8 +81,6 @@ int image_store_write_meta(const char *image_dir, struct moat_error **err)
         if (moat_id_generate("img-", id, err) < 0)
                 return -1;
         image_path(rootfs, sizeof(rootfs), "%s/rootfs", image_dir);
-        /* nftw's callback has no argument; this runs on one worker at a time
-         * or at start-up, never concurrently. */
         tree_size = 0;
         nftw(rootfs, add_size, 64, FTW_PHYS);
         encoding_format_time(moatd_now_ms(), created);

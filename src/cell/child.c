@@ -170,7 +170,15 @@ static int set_hostname(const char *hostname, struct moat_child_report *report)
  * (a log file or terminal of the host). */
 static int redirect_stdio(int control_fd, struct moat_child_report *report)
 {
-        int fd = open("/dev/null", O_RDWR | O_CLOEXEC);
+        int fd;
+
+        /* A session of our own, without a controlling terminal. Otherwise
+         * init would keep moatd's session and terminal (moatd started from a
+         * shell), and a workload that gets hold of init could open /dev/tty
+         * and read or inject keystrokes on the operator's terminal. */
+        if (setsid() < 0)
+                return moat_child_fail(report, MOAT_STEP_STDIO, errno, "setsid", "");
+        fd = open("/dev/null", O_RDWR | O_CLOEXEC);
 
         if (fd < 0)
                 return moat_child_fail(report, MOAT_STEP_STDIO, errno, "open", "/dev/null");

@@ -148,7 +148,9 @@ static int build_overlay(const struct moat_child_plan *plan, int scratch_fd, con
                 if (syscall(SYS_move_mount, mount_fds[i], "", scratch_fd, name, MOVE_MOUNT_F_EMPTY_PATH) < 0)
                         return moat_child_fail(report, MOAT_STEP_OVERLAY, errno, "move_mount", plan->config->lowers[i]);
         }
-        if (mount("overlay", "root", "overlay", 0, plan->overlay_options) < 0)
+        /* nosuid, nodev: defence in depth beside no_new_privs and the
+         * kernel's own nodev for user-namespace mounts. */
+        if (mount("overlay", "root", "overlay", MS_NOSUID | MS_NODEV, plan->overlay_options) < 0)
                 return moat_child_fail(report, MOAT_STEP_OVERLAY, errno, "mount overlay", plan->overlay_options);
         return 0;
 }
@@ -194,7 +196,7 @@ static int mount_dev(int root_fd, struct moat_child_report *report)
         char source[32];
 
         if (target < 0 ||
-            mount_on_fd("tmpfs", target, NULL, "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=0755,size=65536,nr_inodes=64",
+            mount_on_fd("tmpfs", target, NULL, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=0755,size=65536,nr_inodes=64",
                         MOAT_STEP_DEV, report) < 0)
                 return -1;
         dev_fd = open_in_root(root_fd, "dev", O_PATH | O_DIRECTORY);
@@ -333,7 +335,8 @@ int moat_rootfs_pivot(int root_fd, struct moat_child_report *report)
 static const char *const masked_paths[] = {
         "/proc/acpi",        "/proc/asound",     "/proc/kcore",      "/proc/keys",
         "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug",
-        "/proc/scsi",        "/sys/firmware",    "/sys/devices/virtual/powercap",
+        "/proc/scsi",        "/proc/interrupts", "/proc/config.gz",  "/sys/firmware",
+        "/sys/devices/virtual/powercap",
 };
 
 /* Read-only: host-wide kernel knobs. Most are already refused to a non-init

@@ -142,11 +142,19 @@ int moat_seccomp_build(struct sock_fprog *ret_program, struct moat_error **err)
 
         struct scmp_arg_cmp no_namespace_clone = SCMP_A0(SCMP_CMP_MASKED_EQ, NAMESPACE_FLAGS, 0);
         struct scmp_arg_cmp no_namespace_unshare = SCMP_A0(SCMP_CMP_MASKED_EQ, NAMESPACE_FLAGS | CLONE_NEWTIME, 0);
-        struct scmp_arg_cmp not_vsock = SCMP_A0(SCMP_CMP_NE, AF_VSOCK);
         if (add_rule(ctx, SCMP_ACT_ALLOW, "clone", 1, &no_namespace_clone, err) < 0 ||
-            add_rule(ctx, SCMP_ACT_ALLOW, "unshare", 1, &no_namespace_unshare, err) < 0 ||
-            add_rule(ctx, SCMP_ACT_ALLOW, "socket", 1, &not_vsock, err) < 0)
+            add_rule(ctx, SCMP_ACT_ALLOW, "unshare", 1, &no_namespace_unshare, err) < 0)
                 return -1;
+        /* Socket families: an allowlist. Everything else (packet, XDP, vsock,
+         * bluetooth, AppleTalk, ...) is kernel attack surface no workload
+         * here needs; it fails with the default EPERM. */
+        static const int allowed_families[] = { AF_UNIX, AF_INET, AF_INET6, AF_NETLINK };
+        for (size_t i = 0; i < sizeof(allowed_families) / sizeof(allowed_families[0]); i++) {
+                struct scmp_arg_cmp family = SCMP_A0(SCMP_CMP_EQ, (scmp_datum_t)allowed_families[i]);
+                if (add_rule(ctx, SCMP_ACT_ALLOW, "socket", 1, &family, err) < 0)
+                        return -1;
+        }
+
         /* clone3 passes its flags in memory, which seccomp cannot read:
          * ENOSYS makes glibc fall back to clone(), whose flags we check. */
         if (add_rule(ctx, SCMP_ACT_ERRNO(ENOSYS), "clone3", 0, NULL, err) < 0)

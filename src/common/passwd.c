@@ -200,7 +200,9 @@ int moat_passwd_resolve_user(const char *passwd_path, const char *spec, struct m
                 }
         } else if (moat_passwd_parse_id(user_part, &id) == 0) {
                 if (passwd_lookup(passwd_path, NULL, id, &u) < 0) {
-                        u = (struct moat_passwd_user){ .uid = id, .gid = 0, .known = false };
+                        /* gid = uid, not 0 (Docker's choice): an unprivileged uid
+                         * must not get group-root access to the image's files. */
+                        u = (struct moat_passwd_user){ .uid = id, .gid = id, .known = false };
                         copy_string(u.home, sizeof(u.home), "/");
                 }
         } else {

@@ -148,6 +148,11 @@ int main(int argc, char **argv)
                 fprintf(stderr, "moat-init: --control-fd %s is not a listening stream socket\n", argv[2]);
                 return 2;
         }
+        /* Not dumpable: ptrace, /proc/1/mem, process_vm_* and pidfd_getfd on
+         * init then need CAP_SYS_PTRACE, which sandbox root does not have.
+         * Defends the control connection (forged frames, a stolen socket) and
+         * init itself (frozen or steered) against the workload. */
+        prctl(PR_SET_DUMPABLE, 0);
         occupy_standard_fds();
         /* Outside a PID namespace (tests) we are not PID 1; still adopt and
          * reap every orphaned descendant. */

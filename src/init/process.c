@@ -166,6 +166,12 @@ static int make_channels(struct process *p, uint32_t flags, struct child_ends *c
 static struct spawn_fds child_fds;
 static char child_stack[512 * 1024] __attribute__((aligned(64)));
 
+/* The user field as SPAWN gives it: "", "root", "0" or "0:0" stay root. */
+static bool spawn_runs_as_root(const char *user)
+{
+        return user[0] == '\0' || strcmp(user, "root") == 0 || strcmp(user, "0") == 0 || strcmp(user, "0:0") == 0;
+}
+
 static int spawn_child_entry(void *unused)
 {
         spawn_child_run(&spawn_spec, &child_fds);
@@ -174,6 +180,7 @@ static int spawn_child_entry(void *unused)
 void process_spawn(uint32_t cookie, const uint8_t *payload, size_t length)
 {
         struct child_ends c = { -1, -1, -1, -1, -1 };
+        int flags;
         struct process *p = NULL;
         const char *step = NULL;
         pid_t pid;
@@ -220,8 +227,16 @@ void process_spawn(uint32_t cookie, const uint8_t *payload, size_t length)
                 .pty_slave = c.pty_slave,
         };
         /* vfork semantics (see spawn.c): we resume once the child has exec'd
-         * or failed, so one static stack serves every spawn. */
-        pid = clone(spawn_child_entry, child_stack + sizeof(child_stack), CLONE_VM | CLONE_VFORK | SIGCHLD, NULL);
+         * or failed, so one static stack serves every spawn. Not for a
+         * process that becomes another user: between its setuid() and its
+         * execve() that user's other processes could SIGSTOP it, and with it
+         * init, which would wait for the vfork for ever. Such a child gets a
+         * copy of init instead (fork semantics, on the same static stack's
+         * copy). */
+        flags = SIGCHLD;
+        if (spawn_runs_as_root(spawn_spec.user))
+                flags |= CLONE_VM | CLONE_VFORK;
+        pid = clone(spawn_child_entry, child_stack + sizeof(child_stack), flags, NULL);
         if (pid < 0) {
                 r = errno;
                 child_ends_close(&c);

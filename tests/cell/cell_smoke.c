@@ -271,8 +271,8 @@ int main(int argc, char **argv)
         CHECK(strstr(output, "smokebox\n"), "hostname");
         CHECK(strstr(output, "NoNewPrivs:\t1"), "no_new_privs");
         CHECK(strstr(output, "Seccomp:\t2"), "seccomp filter mode");
-        CHECK(strstr(output, "CapEff:\t00000000a00425fb"), "effective capabilities");
-        CHECK(strstr(output, "CapBnd:\t00000000a00425fb"), "bounding capabilities");
+        CHECK(strstr(output, "CapEff:\t00000000a00405fb"), "effective capabilities");
+        CHECK(strstr(output, "CapBnd:\t00000000a00405fb"), "bounding capabilities");
         CHECK(strstr(output, "CapAmb:\t0000000000000000"), "ambient capabilities");
         CHECK(strstr(output, " root root ") && strstr(output, "/usr/bin/env"), "idmapped /usr owner");
         CHECK(strstr(output, "moat-init --control-fd"), "PID 1 is init");

@@ -127,3 +127,62 @@ def test_seccomp_denials_hold(sandbox):
     keyctl, bpf = [line.split() for line in out.splitlines()]
     assert keyctl[0] == "-1" and keyctl[1] in ("EPERM", "ENOSYS"), keyctl
     assert bpf[0] == "-1" and bpf[1] in ("EPERM", "ENOSYS"), bpf
+
+
+def test_init_is_out_of_the_workloads_reach(sandbox):
+    """PID 1 has no controlling terminal (none of moatd's), and sandbox root
+    cannot ptrace it or read its memory (it holds the control connection)."""
+    program = (
+        "import ctypes, errno, os\n"
+        "stat = open('/proc/1/stat').read().rsplit(')', 1)[1].split()\n"
+        "print('session', stat[3], 'tty', stat[4])\n"  # fields 6 (session) and 7 (tty_nr)
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "libc.ptrace.restype = ctypes.c_long\n"
+        "r = libc.ptrace(16, 1, None, None)\n"  # PTRACE_ATTACH
+        "print('ptrace', r, errno.errorcode.get(ctypes.get_errno(), '0'))\n"
+        "try:\n"
+        "    open('/proc/1/mem', 'rb').read(1)\n"
+        "    print('mem readable')\n"
+        "except OSError as e:\n"
+        "    print('mem', errno.errorcode[e.errno])\n"
+    )
+    code, out, err = run(sandbox, "python3", "-c", program)
+    assert code == 0, err
+    lines = dict(line.split(" ", 1) for line in out.splitlines())
+    assert lines["session"] == "1 tty 0", out  # its own session, no terminal
+    assert lines["ptrace"].startswith("-1 EPERM"), out
+    assert lines["mem"] in ("EACCES", "EPERM"), out
+
+
+def test_raw_and_exotic_sockets_are_refused(sandbox):
+    program = (
+        "import socket, errno\n"
+        "for family, kind in ((socket.AF_PACKET, socket.SOCK_RAW), (socket.AF_INET, socket.SOCK_RAW),\n"
+        "                     (40, socket.SOCK_STREAM), (44, socket.SOCK_RAW)):\n"  # AF_VSOCK, AF_XDP
+        "    try:\n"
+        "        socket.socket(family, kind).close()\n"
+        "        print(family, 'allowed')\n"
+        "    except OSError as e:\n"
+        "        print(family, errno.errorcode[e.errno])\n"
+        "socket.socket(socket.AF_INET, socket.SOCK_STREAM).close()\n"
+        "socket.socket(socket.AF_UNIX, socket.SOCK_STREAM).close()\n"
+        "print('inet ok')\n"
+    )
+    code, out, err = run(sandbox, "python3", "-c", program)
+    assert code == 0, err
+    assert "allowed" not in out, out
+    assert "inet ok" in out
+    status = run(sandbox, "cat", "/proc/self/status")[1]
+    cap_eff = int([l for l in status.splitlines() if l.startswith("CapEff:")][0].split()[1], 16)
+    assert not cap_eff & (1 << 13), "CAP_NET_RAW kept"  # CAP_NET_RAW = 13
+
+
+def test_unknown_numeric_user_is_not_group_root(sandbox):
+    code, out, err = run(sandbox, "id", user="4242")
+    assert code == 0, err
+    assert "uid=4242" in out and "gid=4242" in out and "gid=0" not in out, out
+
+
+def test_host_interrupt_counts_are_masked(sandbox):
+    code, out, _ = run(sandbox, "cat", "/proc/interrupts")
+    assert out == ""

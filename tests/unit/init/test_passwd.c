@@ -122,11 +122,11 @@ static void test_numeric(void **state)
         assert_true(u.known);
         assert_string_equal(u.name, "alice");
         assert_int_equal(u.gid, 1000);
-        /* Not in passwd: gid 0, home /, no name (like runc). */
+        /* Not in passwd: gid = uid (never group root), home /, no name. */
         assert_int_equal(moat_passwd_resolve_user(passwd_path, "65534", &u), 0);
         assert_false(u.known);
         assert_int_equal(u.uid, 65534);
-        assert_int_equal(u.gid, 0);
+        assert_int_equal(u.gid, 65534);
         assert_string_equal(u.home, "/");
         assert_int_equal(moat_passwd_resolve_user(passwd_path, "4294967294", &u), 0);
         assert_int_equal(u.uid, 4294967294u);

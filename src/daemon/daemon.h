@@ -36,6 +36,7 @@ struct moatd {
         unsigned image_jobs;       /* imports in flight */
         struct api_hold *holds;    /* requests held open (waits, streams) */
         unsigned hold_count;
+        size_t run_output_held;    /* bytes buffered by all one-shot /run requests */
 
         /* Objects whose last reference went away during a callback are freed
          * here, from a callback of their own, never while a caller up the

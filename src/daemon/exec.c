@@ -32,8 +32,10 @@ struct exec_waiter {
 
 struct run_collector {
         struct exec *exec;
+        struct moatd *daemon;
         struct api_hold *hold;
         struct evbuffer *out[2];
+        size_t held; /* counted in daemon->run_output_held */
         bool over_limit;
 };
 
@@ -1013,8 +1015,19 @@ static json_t *stream_fields(json_t *body, const char *name, struct evbuffer *bu
         return body;
 }
 
+static void collector_release(struct run_collector *collector)
+{
+        collector->daemon->run_output_held -= collector->held;
+        collector->held = 0;
+        for (int k = 0; k < 2; k++)
+                if (collector->out[k])
+                        evbuffer_drain(collector->out[k], evbuffer_get_length(collector->out[k]));
+}
+
 static void collector_free(struct run_collector *collector)
 {
+        if (collector->daemon)
+                collector_release(collector);
         if (collector->exec)
                 collector->exec->collector = NULL;
         for (int i = 0; i < 2; i++)
@@ -1039,27 +1052,40 @@ static void collector_pull(struct run_collector *collector)
         for (int i = 0; i < 2; i++) {
                 size_t n;
                 bool any = false;
+                bool daemon_full = false;
                 while ((n = buffer_take(exec, i, sizeof(raw), raw)) > 0) {
                         any = true;
-                        if (!collector->over_limit)
-                                evbuffer_add(collector->out[i], raw, n);
+                        if (collector->over_limit)
+                                continue;
+                        if (collector->daemon->run_output_held + n > EXEC_RUN_OUTPUT_TOTAL_MAX) {
+                                daemon_full = true;
+                                break;
+                        }
+                        evbuffer_add(collector->out[i], raw, n);
+                        collector->held += n;
+                        collector->daemon->run_output_held += n;
                 }
                 if (any)
                         grant_credit(exec, i);
-                if (!collector->over_limit && evbuffer_get_length(collector->out[i]) > EXEC_RUN_OUTPUT_MAX) {
+                if (!collector->over_limit &&
+                    (daemon_full || evbuffer_get_length(collector->out[i]) > EXEC_RUN_OUTPUT_MAX)) {
                         collector->over_limit = true;
                         send_signal(exec, SIGKILL);
                         if (collector->hold) {
                                 struct moat_error error = {.kind = MOAT_ERROR_LIMIT_EXCEEDED,
                                                            .code = "output_too_large"};
-                                snprintf(error.message, sizeof(error.message),
-                                         "%s exceeded %d bytes; use the streaming API", i ? "stderr" : "stdout",
-                                         EXEC_RUN_OUTPUT_MAX);
+                                if (daemon_full)
+                                        snprintf(error.message, sizeof(error.message),
+                                                 "one-shot runs hold %d bytes of output across the daemon; use "
+                                                 "the streaming API", EXEC_RUN_OUTPUT_TOTAL_MAX);
+                                else
+                                        snprintf(error.message, sizeof(error.message),
+                                                 "%s exceeded %d bytes; use the streaming API",
+                                                 i ? "stderr" : "stdout", EXEC_RUN_OUTPUT_MAX);
                                 api_hold_reply_error(collector->hold, &error);
                                 collector->hold = NULL;
                         }
-                        for (int k = 0; k < 2; k++)
-                                evbuffer_drain(collector->out[k], evbuffer_get_length(collector->out[k]));
+                        collector_release(collector);
                 }
         }
 }
@@ -1115,6 +1141,7 @@ void exec_run(struct sandbox *sandbox, struct exec_request *request, struct evht
                 return;
         }
         collector->exec = exec;
+        collector->daemon = sandbox->daemon;
         exec->collector = collector;
         collector->hold = api_hold_new(sandbox->daemon, http_request, on_collector_gone, collector);
         if (!collector->hold) {

@@ -30,6 +30,8 @@ struct exec;
 #define EXEC_CREDIT_GRANT_MIN (64 * 1024)  /* no CREDIT frame for less (unless idle) */
 #define EXEC_STDIN_QUEUE_MAX (4 * 1024 * 1024)
 #define EXEC_RUN_OUTPUT_MAX (16 * 1024 * 1024)
+/* All /run requests together: many concurrent ones must not hold 32 MiB each. */
+#define EXEC_RUN_OUTPUT_TOTAL_MAX (256 * 1024 * 1024)
 #define EXEC_READER_BATCH (48 * 1024)      /* raw bytes per chunk sent to a reader */
 #define EXEC_SPAWN_TIMEOUT_S 30            /* init must answer a SPAWN within this */
 #define EXEC_INIT_QUEUE_MAX (4 * 1024 * 1024) /* bytes queued towards init before new execs get 429 */

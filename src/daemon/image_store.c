@@ -1,4 +1,5 @@
 #include "image_store.h"
+#include "workers.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -227,6 +228,11 @@ fail:
         return -1;
 }
 
+static void remove_tree_run(void *path)
+{
+        image_store_remove_tree(path, NULL);
+}
+
 int image_store_delete(struct moatd *daemon, const char *name, struct moat_error **err)
 {
         char path[PATH_MAX], doomed[PATH_MAX];
@@ -235,10 +241,17 @@ int image_store_delete(struct moatd *daemon, const char *name, struct moat_error
                 return -1;
         image_path(path, sizeof(path), "%s/%s", daemon->images_dir, name);
         image_path(doomed, sizeof(doomed), "%s/.old-%s-%lld", daemon->images_dir, name, (long long)moatd_now_ms());
-        /* Rename first so the name disappears at once, whole. */
+        /* Rename first so the name disappears at once, whole; the tree goes on
+         * a worker (a large image takes seconds to unlink, and the loop must
+         * not wait). If moatd dies first, start-up removes `.old-*` leftovers. */
         if (rename(path, doomed) < 0)
                 return moat_error_system(err, errno, "rename `%s`", path);
-        return image_store_remove_tree(doomed, err);
+        char *job = strdup(doomed);
+        if (!job || worker_pool_submit(daemon->workers, remove_tree_run, free, job, NULL) < 0) {
+                free(job);
+                return image_store_remove_tree(doomed, err);
+        }
+        return 0;
 }
 
 void image_store_remove_leftovers(struct moatd *daemon)

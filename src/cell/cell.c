@@ -72,14 +72,15 @@ static int validate_config(const struct moat_cell_config *config, struct moat_er
 
 /* The listening socket init inherits. Root-only (0600 in a 0700 dir): only
  * moatd may talk to init; a sandbox never sees it (it is outside its
- * filesystem view). */
-static int make_control_socket(const char *path, struct moat_error **err)
+ * filesystem view). The socket is made before the clone, so the child
+ * inherits it; it is bound by the parent's half after "go", while the child
+ * builds its rootfs: creating the socket's inode can take half a
+ * millisecond on a journalled run dir, and nobody connects before init
+ * runs. */
+static int bind_control_socket(int fd, const char *path, struct moat_error **err)
 {
-        _cleanup_close_ int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
         struct sockaddr_un address = { .sun_family = AF_UNIX };
 
-        if (fd < 0)
-                return moat_error_system(err, errno, "socket");
         if (strlen(path) >= sizeof(address.sun_path))
                 return moat_error_invalid(err, "control socket path `%s` is too long", path);
         memcpy(address.sun_path, path, strlen(path) + 1);
@@ -94,7 +95,7 @@ static int make_control_socket(const char *path, struct moat_error **err)
                 unlink(path);
                 return moat_error_system(err, saved, "chmod/listen `%s`", path);
         }
-        return TAKE_FD(fd);
+        return 0;
 }
 
 /* The "go" message: one byte plus the idmapped mount fds. */
@@ -212,6 +213,7 @@ struct parent_half {
         struct moat_cell *cell;
         const struct moat_cell_config *config;
         int sync_fd;
+        int control_fd; /* bound and listening once "go" is sent */
         pid_t child_pid; /* written by the kernel (CLONE_PARENT_SETTID) before the child runs */
         struct moat_error *err;
         int result;
@@ -244,6 +246,11 @@ static void *parent_half_run(void *arg)
         half->cell->pid = __atomic_load_n(&half->child_pid, __ATOMIC_ACQUIRE);
         started = monotonic_us();
         half->result = prepare_child(half->cell, half->config, half->sync_fd, &half->err);
+        if (half->result == 0) {
+                half->result = bind_control_socket(half->control_fd, half->cell->control_path, &half->err);
+                /* Only a socket we bound is ours to unlink. */
+                half->cell->control_bound = half->result == 0;
+        }
         half->cell->timings.parent_half_us = (uint32_t)(monotonic_us() - started);
         /* The child waits for "go" forever; without it, it must die (which
          * also releases a vfork-suspended parent). */
@@ -352,7 +359,7 @@ static void abandon_cell(struct moat_cell *cell)
         }
         moat_cgroup_remove(cell, &ignored);
         moat_error_free(ignored);
-        if (cell->control_path[0])
+        if (cell->control_bound)
                 unlink(cell->control_path);
         if (cell->pidfd >= 0)
                 close(cell->pidfd);
@@ -392,10 +399,9 @@ int moat_cell_create(struct moat_cell_runtime *runtime, const struct moat_cell_c
                 moat_error_invalid(err, "control socket path is too long");
                 goto fail;
         }
-        control_fd = make_control_socket(cell->control_path, err);
+        control_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
         if (control_fd < 0) {
-                if (err && *err && (*err)->kind == MOAT_ERROR_CONFLICT)
-                        cell->control_path[0] = '\0'; /* not ours: do not unlink */
+                moat_error_system(err, errno, "socket");
                 goto fail;
         }
 
@@ -427,7 +433,8 @@ int moat_cell_create(struct moat_cell_runtime *runtime, const struct moat_cell_c
         } else if (runtime->cgroup_version == MOAT_CGROUP_V2) {
                 goto fail;
         }
-        half = (struct parent_half){ .cell = cell, .config = config, .sync_fd = sync_fds[0] };
+        half = (struct parent_half){
+                .cell = cell, .config = config, .sync_fd = sync_fds[0], .control_fd = control_fd };
         cell->timings.setup_us = (uint32_t)(monotonic_us() - mark);
         mark = monotonic_us();
         pid = start_child(&args, &plan, &half, &sync_fds[1]);

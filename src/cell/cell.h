@@ -60,6 +60,7 @@ struct moat_cell {
         pid_t pid;    /* host pid of moat-init (PID 1 of the sandbox) */
         int pidfd;    /* pollable: readable once init has exited */
         char control_path[256]; /* unix socket init listens on */
+        bool control_bound;     /* control_path exists and is this cell's */
         struct moat_cell_runtime *runtime;
         char cgroup_paths[4][256]; /* per hierarchy; [0] only on v2 */
         unsigned cgroup_count;

@@ -250,6 +250,10 @@ static void *parent_half_run(void *arg)
                 half->result = bind_control_socket(half->control_fd, half->cell->control_path, &half->err);
                 /* Only a socket we bound is ours to unlink. */
                 half->cell->control_bound = half->result == 0;
+                /* The child waits for this before it execs init, which
+                 * refuses a control fd that is not listening yet. */
+                if (half->result == 0 && send(half->sync_fd, &(char){ MOAT_CHILD_LISTENING }, 1, MSG_NOSIGNAL) != 1)
+                        half->result = moat_error_system(&half->err, errno, "send listening to child");
         }
         half->cell->timings.parent_half_us = (uint32_t)(monotonic_us() - started);
         /* The child waits for "go" forever; without it, it must die (which

@@ -33,6 +33,7 @@ enum moat_cgroup_role {
 struct moat_cgroup_hierarchy {
         unsigned roles;
         char base[PATH_MAX / 2]; /* absolute dir under which "<id>" is made */
+        bool base_created;       /* made by this runtime: removed at shutdown if empty */
 };
 
 struct moat_cell_runtime {
@@ -135,8 +136,13 @@ int moat_rootfs_build_plan(struct moat_child_plan *plan, struct moat_error **err
 /* child.c: the child's ordered checklist; never returns. */
 /* The first message of every child on the sync socket: "I run; send go". */
 #define MOAT_CHILD_READY 'R'
+/* The parent's last message: the control socket listens; exec init. */
+#define MOAT_CHILD_LISTENING 'L'
 
 __attribute__((noreturn)) void moat_child_main(const struct moat_child_plan *plan);
+
+/* cgroup.c: remove the bases this runtime made, if empty (shutdown). */
+void moat_cgroup_remove_bases(struct moat_cell_runtime *runtime);
 
 /* network.c, child: bring up "lo" in the new network namespace. */
 int moat_network_loopback_up(struct moat_child_report *report);

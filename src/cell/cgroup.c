@@ -50,6 +50,27 @@ static int make_dir(const char *path, struct moat_error **err)
         return 0;
 }
 
+/* The base under which sandbox cgroups are made; remembered if we made it,
+ * so that a clean shutdown removes it again (moat_cgroup_remove_bases). */
+static int make_base(struct moat_cgroup_hierarchy *h, struct moat_error **err)
+{
+        if (mkdir(h->base, 0755) == 0) {
+                h->base_created = true;
+                return 0;
+        }
+        if (errno != EEXIST)
+                return moat_error_system(err, errno, "mkdir `%s`", h->base);
+        return 0;
+}
+
+void moat_cgroup_remove_bases(struct moat_cell_runtime *runtime)
+{
+        /* Only if empty: rmdir refuses a cgroup with children or tasks. */
+        for (unsigned i = 0; i < runtime->hierarchy_count; i++)
+                if (runtime->hierarchies[i].base_created)
+                        rmdir(runtime->hierarchies[i].base);
+}
+
 /* Does a comma-separated option list contain word? */
 static bool options_have(const char *options, const char *word)
 {
@@ -103,7 +124,7 @@ static int detect_v2(struct moat_cell_runtime *runtime, const char *cgroup_paren
 
         if (cgroup_parent) {
                 if (join_path(h->base, sizeof(h->base), CGROUP_ROOT, cgroup_parent, err) < 0 ||
-                    make_dir(h->base, err) < 0)
+                    make_base(h, err) < 0)
                         return -1;
         } else {
                 if (own_cgroup_path("", own, sizeof(own), err) < 0 ||
@@ -120,7 +141,7 @@ static int detect_v2(struct moat_cell_runtime *runtime, const char *cgroup_paren
                 if (join_path(path, sizeof(path), own_dir, "cgroup.subtree_control", err) < 0 ||
                     moat_write_file(path, "+memory +pids +cpu", err) < 0)
                         return moat_error_wrap(err, "enable cgroup controllers");
-                if (join_path(h->base, sizeof(h->base), own_dir, "moat", err) < 0 || make_dir(h->base, err) < 0)
+                if (join_path(h->base, sizeof(h->base), own_dir, "moat", err) < 0 || make_base(h, err) < 0)
                         return -1;
         }
         if (join_path(path, sizeof(path), h->base, "cgroup.subtree_control", err) < 0 ||
@@ -207,7 +228,7 @@ static int detect_v1(struct moat_cell_runtime *runtime, const char *cgroup_paren
                             join_path(h->base, sizeof(h->base), own_dir, "moat", err) < 0)
                                 return -1;
                 }
-                if (make_dir(h->base, err) < 0)
+                if (make_base(h, err) < 0)
                         return -1;
                 found |= roles;
                 runtime->hierarchy_count++;

@@ -202,6 +202,21 @@ static int set_no_new_privs(struct moat_child_report *report)
         return 0;
 }
 
+/* The control socket is bound and made to listen by the parent's half while
+ * we build the rootfs; init must not start before it listens. */
+static int wait_for_listening(int sync_fd, struct moat_child_report *report)
+{
+        char byte = 0;
+        ssize_t n;
+
+        do
+                n = recv(sync_fd, &byte, 1, 0);
+        while (n < 0 && errno == EINTR);
+        if (n != 1 || byte != MOAT_CHILD_LISTENING)
+                return moat_child_fail(report, MOAT_STEP_WAIT_PARENT, n < 0 ? errno : EPIPE, "recv", "listening");
+        return 0;
+}
+
 static int exec_init(const struct moat_child_plan *plan, struct moat_child_report *report)
 {
         syscall(SYS_execveat, plan->runtime->init_memfd, "", plan->init_argv, plan->init_envp, AT_EMPTY_PATH);
@@ -247,6 +262,7 @@ void moat_child_main(const struct moat_child_plan *plan)
                 goto fail;
         close(root_fd);
         if (moat_capabilities_drop(plan->runtime->last_capability, &report) < 0 || set_no_new_privs(&report) < 0 ||
+            wait_for_listening(plan->sync_fd, &report) < 0 ||
             moat_seccomp_load(&plan->runtime->seccomp_program, &report) < 0)
                 goto fail;
         exec_init(plan, &report);

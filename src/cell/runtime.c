@@ -129,6 +129,7 @@ void moat_cell_runtime_free(struct moat_cell_runtime *runtime)
                 return;
         if (runtime->init_memfd >= 0)
                 close(runtime->init_memfd);
+        moat_cgroup_remove_bases(runtime);
         moat_seccomp_free(&runtime->seccomp_program);
         free(runtime);
 }

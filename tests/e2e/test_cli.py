@@ -82,3 +82,17 @@ def test_doctor_passes_on_this_host(moatd):
     for check in (b"user_namespaces", b"idmapped_mounts", b"overlayfs", b"seccomp", b"cgroups",
                   b"pivot_root", b"network_namespaces"):
         assert check in done.stdout
+
+
+def test_moatd_refuses_to_start_on_a_host_it_cannot_use(tmp_path):
+    """The start-up checks are `moat doctor`'s: without root, moatd says what
+    fails and how to fix it, and exits instead of failing later in a create."""
+    binary = os.path.join(moatd_harness.build_dir(), "src", "daemon", "moatd")
+    done = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", binary,
+                           "--data-dir", str(tmp_path / "data"), "--run-dir", str(tmp_path / "run"),
+                           "--socket", str(tmp_path / "s.sock")],
+                          capture_output=True, timeout=30)
+    assert done.returncode != 0
+    text = done.stderr.decode()
+    assert "root" in text and "fail" in text.lower(), text
+    assert not (tmp_path / "s.sock").exists()

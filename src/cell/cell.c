@@ -268,7 +268,17 @@ static int child_entry(void *plan)
         moat_child_main(plan);
 }
 
-#if defined(__x86_64__)
+#if defined(__SANITIZE_ADDRESS__)
+#define MOAT_SANITIZED 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define MOAT_SANITIZED 1
+#endif
+#endif
+
+/* Not under AddressSanitizer: a child sharing our memory would update the
+ * shared shadow memory from another stack and corrupt the parent's view. */
+#if defined(__x86_64__) && !defined(MOAT_SANITIZED)
 /* clone3 onto a fresh stack, calling fn(arg) there in the child. glibc has no
  * public clone3 wrapper, and a child on a new stack cannot return into C
  * code that addresses the parent's frame, so the switch happens here. */

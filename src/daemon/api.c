@@ -604,3 +604,18 @@ void api_stop(struct moatd *daemon)
         }
         unlink(daemon->options.socket_path);
 }
+
+int api_query_timeout(struct api_call *call, double *ret_seconds)
+{
+        const char *timeout = api_query(call, "timeout");
+        struct moat_error *err = NULL;
+        double seconds = -1;
+
+        if (timeout && request_parse_seconds(timeout, &seconds, &err) < 0) {
+                api_reply_error(call->request, err);
+                moat_error_free(err);
+                return -1;
+        }
+        *ret_seconds = seconds;
+        return 0;
+}

@@ -33,6 +33,9 @@ json_t *api_error_json(const struct moat_error *error);
 const char *api_body(struct evhttp_request *request, size_t *ret_length);
 /* A query value or NULL. */
 const char *api_query(struct api_call *call, const char *key);
+/* The optional `?timeout=S` of a wait: -1 (none) or seconds. Replies 400 and
+ * returns -1 if it is malformed. */
+int api_query_timeout(struct api_call *call, double *ret_seconds);
 /* Sets the Content-Type and other common headers. */
 void api_set_json_headers(struct evhttp_request *request);
 

@@ -153,16 +153,11 @@ void api_exec_signal(struct api_call *call)
 
 void api_exec_wait(struct api_call *call)
 {
-        const char *timeout = api_query(call, "timeout");
-        struct moat_error *err = NULL;
-        double seconds = -1;
+        double seconds;
         struct exec *e;
 
-        if (timeout && request_parse_seconds(timeout, &seconds, &err) < 0) {
-                api_reply_error(call->request, err);
-                moat_error_free(err);
+        if (api_query_timeout(call, &seconds) < 0)
                 return;
-        }
         e = find_exec(call);
         if (e)
                 exec_wait(e, call->request, seconds);

@@ -137,16 +137,11 @@ void api_sandboxes_delete(struct api_call *call)
 
 void api_sandboxes_wait(struct api_call *call)
 {
-        const char *timeout = api_query(call, "timeout");
-        struct moat_error *err = NULL;
-        double seconds = -1;
+        double seconds;
         struct sandbox *s;
 
-        if (timeout && request_parse_seconds(timeout, &seconds, &err) < 0) {
-                api_reply_error(call->request, err);
-                moat_error_free(err);
+        if (api_query_timeout(call, &seconds) < 0)
                 return;
-        }
         s = find_or_reply(call);
         if (s)
                 sandbox_wait(s, call->request, seconds);

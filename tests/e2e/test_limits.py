@@ -80,3 +80,47 @@ def test_sandbox_timeout_fires(moatd):
             sb.exec("true")
     finally:
         sb.terminate()
+
+
+def test_limits_land_in_the_sandbox_cgroups(moatd):
+    """cpu, memory (with swap) and pids reach the kernel, v1 or v2, in the
+    sandbox's own cgroups under moatd's."""
+    import os
+    from moatd_harness import find_sandbox_cgroups, moat
+
+    def read(directory, name):
+        path = os.path.join(directory, name)
+        if not os.path.exists(path):
+            return None
+        with open(path) as f:
+            return f.read().strip()
+
+    with moat.Sandbox.create(cpu=0.5, memory=96, pids=77, socket=moatd.socket) as sb:
+        dirs = find_sandbox_cgroups(moatd.moat_dirs(), sb.id)
+        assert dirs, "no cgroup of %s under %s" % (sb.id, moatd.moat_dirs())
+        values = {}
+        for d in dirs:
+            for name in ("memory.limit_in_bytes", "memory.memsw.limit_in_bytes", "memory.max",
+                         "memory.swap.max", "pids.max", "cpu.cfs_quota_us", "cpu.cfs_period_us", "cpu.max"):
+                value = read(d, name)
+                if value is not None:
+                    values[name] = value
+        memory = 96 * 1024 * 1024
+        if "memory.max" in values:  # v2
+            assert int(values["memory.max"]) == memory
+            assert values.get("memory.swap.max") in ("0", None)
+            quota, period = values["cpu.max"].split()
+            assert int(quota) * 2 == int(period)
+        else:  # v1
+            assert int(values["memory.limit_in_bytes"]) == memory
+            if "memory.memsw.limit_in_bytes" in values:
+                assert int(values["memory.memsw.limit_in_bytes"]) == memory
+            assert int(values["cpu.cfs_quota_us"]) * 2 == int(values["cpu.cfs_period_us"])
+        assert values["pids.max"] == "77"
+        # And the process really runs inside them.
+        p = sb.exec("sleep", "30")
+        procs = set()
+        for d in dirs:
+            procs.update(int(x) for x in (read(d, "cgroup.procs") or "").split())
+        assert len(procs) >= 2  # init and sleep
+        p.kill()

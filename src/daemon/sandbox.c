@@ -523,8 +523,16 @@ static void reply_created(struct sandbox *s)
         struct api_hold *hold = s->create_hold;
 
         s->create_hold = NULL;
-        if (hold)
+        if (hold) {
                 api_hold_reply_json(hold, 201, sandbox_to_json(s));
+        } else if (s->create_abandoned) {
+                /* The client hung up before it learnt the id (Ctrl-C in `moat
+                 * run`, a client-side timeout): nobody holds this sandbox, so
+                 * it would only burn its limits until its timeout. */
+                log_info("sandbox %s: its creator hung up; deleting it", s->id);
+                s->delete_requested = true;
+                sandbox_stop(s, SANDBOX_END_TERMINATED, false, 0);
+        }
 }
 
 static void on_entrypoint_spawned(struct exec *exec, const struct moat_error *error, void *arg)
@@ -802,7 +810,8 @@ static void on_create_client_gone(void *arg)
 {
         struct sandbox *s = arg;
 
-        s->create_hold = NULL; /* the sandbox is built anyway; it can be listed */
+        s->create_hold = NULL;
+        s->create_abandoned = true; /* deleted once built: see reply_created() */
 }
 
 void sandbox_create(struct moatd *daemon, struct sandbox_request *config, struct evhttp_request *request)

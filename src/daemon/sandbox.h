@@ -57,6 +57,7 @@ struct sandbox {
         uint32_t host_id_base;
         int64_t created_at, ended_at, expires_at, last_activity;
         uint64_t create_started_us, cell_started_us, cell_done_us; /* monotonic, for the debug log */
+        bool create_abandoned; /* the create request's client hung up before the reply */
 
         struct moat_cell *cell;
         bool create_in_flight; /* a worker is building the cell */

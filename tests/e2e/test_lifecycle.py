@@ -81,3 +81,27 @@ def test_moatd_sigkill_then_restart_reaps_everything(moatd):
     for info in moatd.client().request("GET", "/v1/sandboxes")["sandboxes"]:
         moatd.client().request("DELETE", "/v1/sandboxes/%s" % info["id"])
     moatd.fd_baseline = moatd.settled_fd_count()
+
+
+def test_a_create_whose_client_hung_up_is_deleted(moatd):
+    """Ctrl-C during `moat run`'s create, or a client-side timeout: the client
+    never learnt the id, so moatd must not keep the sandbox alive."""
+    import json
+    import socket as sockets
+    body = json.dumps({"tags": {"abandoned": "yes"}}).encode()
+    s = sockets.socket(sockets.AF_UNIX, sockets.SOCK_STREAM)
+    s.connect(moatd.socket)
+    s.sendall(b"POST /v1/sandboxes HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    s.close()
+    deadline = time.monotonic() + 10
+    while "its creator hung up" not in moatd.log():
+        assert time.monotonic() < deadline, "moatd never noticed the hang-up:\n" + moatd.log()
+        time.sleep(0.02)
+    while True:
+        left = moat.Sandbox.list(tags={"abandoned": "yes"}, socket=moatd.socket)
+        if not left:
+            break
+        assert time.monotonic() < deadline, "abandoned sandbox still listed: %s" % left
+        time.sleep(0.05)
+    assert not moatd._cgroup_problems()

@@ -110,7 +110,11 @@ static const char *reason_for(int status)
         }
 }
 
-void api_reply_json(struct evhttp_request *request, int status, json_t *body)
+/* Serialise body (consumed) as one JSON line and send it. If that fails
+ * there is no memory for JSON either: a bare fallback status is all we can
+ * send. */
+static void send_json(struct evhttp_request *request, int status, const char *reason, json_t *body,
+                      int fallback_status, const char *fallback_reason)
 {
         struct evbuffer *buffer = evbuffer_new();
         char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
@@ -121,32 +125,7 @@ void api_reply_json(struct evhttp_request *request, int status, json_t *body)
                 free(text);
                 if (buffer)
                         evbuffer_free(buffer);
-                evhttp_send_error(request, 500, "out of memory");
-                return;
-        }
-        evbuffer_add(buffer, text, strlen(text));
-        evbuffer_add(buffer, "\n", 1);
-        free(text);
-        api_set_json_headers(request);
-        evhttp_send_reply(request, status, reason_for(status), buffer);
-        evbuffer_free(buffer);
-}
-
-void api_reply_error(struct evhttp_request *request, const struct moat_error *error)
-{
-        const char *reason;
-        int status = api_error_status(error, &reason);
-        struct evbuffer *buffer = evbuffer_new();
-        json_t *body = api_error_json(error);
-        char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
-
-        if (body)
-                json_decref(body);
-        if (!buffer || !text) {
-                free(text);
-                if (buffer)
-                        evbuffer_free(buffer);
-                evhttp_send_error(request, status, reason);
+                evhttp_send_error(request, fallback_status, fallback_reason);
                 return;
         }
         evbuffer_add(buffer, text, strlen(text));
@@ -155,6 +134,19 @@ void api_reply_error(struct evhttp_request *request, const struct moat_error *er
         api_set_json_headers(request);
         evhttp_send_reply(request, status, reason, buffer);
         evbuffer_free(buffer);
+}
+
+void api_reply_json(struct evhttp_request *request, int status, json_t *body)
+{
+        send_json(request, status, reason_for(status), body, 500, "out of memory");
+}
+
+void api_reply_error(struct evhttp_request *request, const struct moat_error *error)
+{
+        const char *reason;
+        int status = api_error_status(error, &reason);
+
+        send_json(request, status, reason, api_error_json(error), status, reason);
 }
 
 void api_reply_new_error(struct evhttp_request *request, enum moat_error_kind kind, const char *code,

@@ -348,7 +348,22 @@ class Moatd:
         os.makedirs(self.run_dir)
         self.uid_pids_before = {p for p in all_pids() if (real_uid(p) or 0) >= SANDBOX_UID_MIN}
         self._make_wrapper_cgroups()
-        log = open(self.log_path, "wb")
+        self._launch()
+        # Steady state: one full sandbox cycle first, so lazily opened
+        # long-lived descriptors (database, worker pool) count as baseline.
+        try:
+            sb = moat.Sandbox.create(socket=self.socket)
+            try:
+                sb.exec("true", stdin=False).wait(timeout=30)
+            finally:
+                sb.terminate()
+        except moat.Error:
+            pass  # the tests will report it; the baseline is still useful
+        self.fd_baseline = self.settled_fd_count()
+
+    def _launch(self):
+        """Start moatd on this instance's dirs (appending to its log); wait for /v1/health."""
+        log = open(self.log_path, "ab")
         try:
             self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=log,
                                          stderr=subprocess.STDOUT, preexec_fn=self._enter_wrappers)
@@ -367,17 +382,10 @@ class Moatd:
                 if time.monotonic() > deadline:
                     raise RuntimeError("moatd did not answer /v1/health in 15 s:\n%s" % self.log())
                 time.sleep(0.05)
-        # Steady state: one full sandbox cycle first, so lazily opened
-        # long-lived descriptors (database, worker pool) count as baseline.
-        try:
-            sb = moat.Sandbox.create(socket=self.socket)
-            try:
-                sb.exec("true", stdin=False).wait(timeout=30)
-            finally:
-                sb.terminate()
-        except moat.Error:
-            pass  # the tests will report it; the baseline is still useful
-        self.fd_baseline = self.settled_fd_count()
+
+    def restart(self):
+        """A new moatd on the same data and run dirs (after the old one died)."""
+        self._launch()
 
     def log(self):
         try:

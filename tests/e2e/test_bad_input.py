@@ -168,3 +168,12 @@ def test_half_sent_request_does_not_hold_resources(moatd):
     finally:
         for s in socks:
             s.close()
+
+
+def test_bad_list_filters_are_refused_even_with_no_sandboxes(moatd):
+    # Validated up front, not per sandbox: an empty registry must not hide them.
+    for query in ("tag=nokey", "tag==v", "state=sleeping", "colour=red"):
+        expect_error(moatd, http_request("GET", "/v1/sandboxes?" + query), 400, {"invalid_argument"})
+    for query in ("timeout=-1", "timeout=soon"):
+        expect_error(moatd, http_request("POST", "/v1/sandboxes/sb-0000000000000000/wait?" + query), 400,
+                     {"invalid_argument"})

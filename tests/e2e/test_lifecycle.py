@@ -3,7 +3,6 @@ moatd itself killed and restarted. Nothing may be left behind either way."""
 
 import os
 import signal
-import subprocess
 import time
 
 import pytest
@@ -49,22 +48,7 @@ def test_moatd_sigkill_then_restart_reaps_everything(moatd):
     moatd.proc.wait()
     # init and its children outlive moatd (nothing kills them yet) ...
     assert any(os.path.exists("/proc/%d" % p) for p in inits)
-    log = open(moatd.log_path, "ab")
-    try:
-        moatd.proc = subprocess.Popen(moatd.command(), stdin=subprocess.DEVNULL, stdout=log,
-                                      stderr=subprocess.STDOUT, preexec_fn=moatd._enter_wrappers)
-    finally:
-        log.close()
-    moatd.pid = moatd.proc.pid
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            moat.health(socket=moatd.socket)
-            break
-        except moat.Error:
-            assert moatd.proc.poll() is None, moatd.log()
-            assert time.monotonic() < deadline, moatd.log()
-            time.sleep(0.05)
+    moatd.restart()
     # ... until the new moatd reaps what the old one left: processes, cgroups, socket.
     for pid in inits:
         deadline = time.monotonic() + 5

@@ -3,7 +3,7 @@
 # Idempotent: installs only what is missing, and touches apt only then.
 set -euo pipefail
 
-build=(meson ninja-build pkg-config gcc libc6-dev
+build=(meson ninja-build pkg-config gcc libc6-dev libldns-dev libmnl-dev libnftables-dev nftables
        libevent-dev libjansson-dev libseccomp-dev libsqlite3-dev libcurl4-openssl-dev)
 test=(libcmocka-dev python3 python3-pytest iproute2 procps util-linux)
 bench=(crun runc runsc bubblewrap debootstrap)

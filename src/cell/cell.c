@@ -5,6 +5,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/mount.h>
 #include <linux/sched.h>
 #include <poll.h>
 #include <sched.h>
@@ -361,6 +362,61 @@ static long start_child(struct clone_args *args, struct moat_child_plan *plan, s
 #endif
 }
 
+static void leave_network(int *host_netns_fd, int *sysfs_fd);
+
+/* The child is born in the calling thread's network namespace, so this
+ * thread enters the one moatd made for the sandbox for the length of the
+ * clone. The sandbox's sysfs is mounted here too, in that namespace, since the
+ * sandbox (which does not own it) may not mount one. */
+static int enter_network(int netns_fd, int *host_netns_fd, int *sysfs_fd, struct moat_error **err)
+{
+        int fs_fd;
+
+        *host_netns_fd = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+        if (*host_netns_fd < 0)
+                return moat_error_system(err, errno, "open /proc/thread-self/ns/net");
+        if (setns(netns_fd, CLONE_NEWNET) < 0) {
+                moat_error_system(err, errno, "setns(CLONE_NEWNET)");
+                goto fail;
+        }
+        fs_fd = (int)syscall(SYS_fsopen, "sysfs", FSOPEN_CLOEXEC);
+        if (fs_fd < 0 || syscall(SYS_fsconfig, fs_fd, FSCONFIG_CMD_CREATE, NULL, NULL, 0) < 0) {
+                moat_error_system(err, errno, "fsopen sysfs");
+                goto fail_fs;
+        }
+        /* Read-only with nosuid,nodev,noexec: set by host root, so they are
+         * locked for the sandbox, which can never remount it writable. */
+        *sysfs_fd = (int)syscall(SYS_fsmount, fs_fd, FSMOUNT_CLOEXEC,
+                                 MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC);
+        if (*sysfs_fd < 0) {
+                moat_error_system(err, errno, "fsmount sysfs");
+                goto fail_fs;
+        }
+        close(fs_fd);
+        return 0;
+fail_fs:
+        if (fs_fd >= 0)
+                close(fs_fd);
+fail:
+        leave_network(host_netns_fd, sysfs_fd);
+        return -1;
+}
+
+static void leave_network(int *host_netns_fd, int *sysfs_fd)
+{
+        if (*sysfs_fd >= 0)
+                close(*sysfs_fd);
+        *sysfs_fd = -1;
+        if (*host_netns_fd < 0)
+                return;
+        /* Staying inside would put every later socket of this worker thread in
+         * the sandbox's network. */
+        if (setns(*host_netns_fd, CLONE_NEWNET) < 0)
+                abort();
+        close(*host_netns_fd);
+        *host_netns_fd = -1;
+}
+
 static void abandon_cell(struct moat_cell *cell)
 {
         struct moat_error *ignored = NULL;
@@ -384,8 +440,9 @@ int moat_cell_create(struct moat_cell_runtime *runtime, const struct moat_cell_c
                      struct moat_cell **ret_cell, struct moat_error **err)
 {
         struct moat_cell *cell = NULL;
-        struct moat_child_plan plan = { 0 };
+        struct moat_child_plan plan = { .sysfs_fd = -1 };
         _cleanup_close_ int control_fd = -1, cgroup_fd = -1;
+        int host_netns_fd = -1;
         int sync_fds[2] = { -1, -1 };
         struct clone_args args = { 0 };
         struct parent_half half;
@@ -435,8 +492,9 @@ int moat_cell_create(struct moat_cell_runtime *runtime, const struct moat_cell_c
         }
         plan.sync_fd = sync_fds[1];
 
-        args.flags = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWUTS | CLONE_NEWIPC |
-                     CLONE_PIDFD;
+        args.flags = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_PIDFD;
+        if (!config->join_netns)
+                args.flags |= CLONE_NEWNET;
         args.pidfd = (uint64_t)(uintptr_t)&cell->pidfd;
         args.exit_signal = SIGCHLD;
         /* v2: born inside its cgroup, so not one page is charged elsewhere. */
@@ -451,7 +509,11 @@ int moat_cell_create(struct moat_cell_runtime *runtime, const struct moat_cell_c
                 .cell = cell, .config = config, .sync_fd = sync_fds[0], .control_fd = control_fd };
         cell->timings.setup_us = (uint32_t)(monotonic_us() - mark);
         mark = monotonic_us();
+        if (config->join_netns && enter_network(config->netns_fd, &host_netns_fd, &plan.sysfs_fd, err) < 0)
+                goto fail;
         pid = start_child(&args, &plan, &half, &sync_fds[1]);
+        if (config->join_netns)
+                leave_network(&host_netns_fd, &plan.sysfs_fd);
         cell->timings.child_us = (uint32_t)(monotonic_us() - mark);
         if (pid < 0) {
                 moat_error_free(half.err);

@@ -41,6 +41,11 @@ struct moat_cell_config {
         uint64_t disk_bytes;   /* size of the private writable layer */
         uint32_t pids_max;
         uint32_t cpu_millis;   /* CPU quota in thousandths of a core; 0 = unlimited */
+        /* Join this network namespace instead of making one (moatd makes it,
+         * so the host, not the sandbox, owns it: see src/daemon/netns.h).
+         * Its loopback must already be up. */
+        bool join_netns;
+        int netns_fd;
         uid_t host_id_base;    /* sandbox uid/gid 0 maps to this host id */
         uint32_t id_count;     /* ... and this many ids are mapped (65536) */
 };

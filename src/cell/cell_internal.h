@@ -109,6 +109,7 @@ struct moat_child_plan {
         const struct moat_cell_config *config;
         int sync_fd;    /* the child's end of the sync socketpair */
         int control_fd; /* listening control socket handed to init */
+        int sysfs_fd;   /* join_netns: a detached sysfs of that namespace, or -1 */
 
         char scratch_tmpfs_options[96];
         char overlay_options[MOAT_OVERLAY_OPTIONS_MAX];

@@ -256,7 +256,7 @@ void moat_child_main(const struct moat_child_plan *plan)
         for (unsigned i = 0; i < mount_fd_count; i++)
                 close(mount_fds[i]);
         close(scratch_fd);
-        if (moat_network_loopback_up(&report) < 0 || set_hostname(plan->config->hostname, &report) < 0 ||
+        if ((!plan->config->join_netns && moat_network_loopback_up(&report) < 0) || set_hostname(plan->config->hostname, &report) < 0 ||
             moat_rootfs_pivot(root_fd, &report) < 0 || moat_rootfs_mask_paths(&report) < 0 ||
             redirect_stdio(plan->control_fd, &report) < 0)
                 goto fail;

@@ -230,12 +230,27 @@ static int mount_dev(int root_fd, struct moat_child_report *report)
         return 0;
 }
 
-static int mount_sys(int root_fd, struct moat_child_report *report)
+/* Every sandbox asks moatd's resolver, which moatd serves on this address
+ * inside the sandbox's own network namespace when its mode has a network
+ * (nothing answers in mode none, so lookups fail at once). */
+#define MOAT_RESOLV_CONF "# moat: moatd's resolver, inside this sandbox's network namespace\nnameserver 127.0.0.53\n" \
+                         "options edns0\n"
+
+static int mount_sys(const struct moat_child_plan *plan, int root_fd, struct moat_child_report *report)
 {
         _cleanup_close_ int target = open_directory(root_fd, "sys", 0555, MOAT_STEP_SYS, report);
 
         if (target < 0)
                 return -1;
+        /* A network namespace the host owns cannot be the subject of a sysfs
+         * mount from inside the sandbox; moatd mounted one for it (read-only,
+         * nosuid, nodev, noexec, locked so) before the clone. */
+        if (plan->sysfs_fd >= 0) {
+                if (syscall(SYS_move_mount, plan->sysfs_fd, "", target, "",
+                            MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH) < 0)
+                        return moat_child_fail(report, MOAT_STEP_SYS, errno, "move_mount", "/sys");
+                return 0;
+        }
         /* Read-only: nothing under /sys may be changed from a sandbox. */
         return mount_on_fd("sysfs", target, NULL, "sysfs", MS_RDONLY | NOSUID_NODEV_NOEXEC, NULL, MOAT_STEP_SYS,
                            report);
@@ -286,7 +301,7 @@ static int write_etc_files(const struct moat_child_plan *plan, int root_fd, stru
                 return -1;
         if (write_etc_file(etc_fd, "hosts", plan->hosts, report) < 0 ||
             write_etc_file(etc_fd, "hostname", plan->hostname_file, report) < 0 ||
-            write_etc_file(etc_fd, "resolv.conf", "# moat: network mode none, no DNS\n", report) < 0)
+            write_etc_file(etc_fd, "resolv.conf", MOAT_RESOLV_CONF, report) < 0)
                 return -1;
         return 0;
 }
@@ -306,7 +321,7 @@ int moat_rootfs_build(const struct moat_child_plan *plan, int scratch_fd, const 
                 return moat_child_fail(report, MOAT_STEP_OVERLAY, errno, "open", "root");
         if (config->bind_host_usr && mount_host_usr(root_fd, mount_fds[config->lower_count], report) < 0)
                 return -1;
-        if (mount_proc(root_fd, report) < 0 || mount_dev(root_fd, report) < 0 || mount_sys(root_fd, report) < 0 ||
+        if (mount_proc(root_fd, report) < 0 || mount_dev(root_fd, report) < 0 || mount_sys(plan, root_fd, report) < 0 ||
             make_tmp(root_fd, report) < 0 || write_etc_files(plan, root_fd, report) < 0)
                 return -1;
         return TAKE_FD(root_fd);

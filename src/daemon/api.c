@@ -382,6 +382,8 @@ static const struct route routes[] = {
         {EVHTTP_REQ_GET, "v1/sandboxes/*", api_sandboxes_get},
         {EVHTTP_REQ_DELETE, "v1/sandboxes/*", api_sandboxes_delete, true},
         {EVHTTP_REQ_POST, "v1/sandboxes/*/wait", api_sandboxes_wait, true},
+        {EVHTTP_REQ_PUT, "v1/sandboxes/*/network", api_sandboxes_set_network},
+        {EVHTTP_REQ_GET, "v1/sandboxes/*/metrics", api_sandboxes_metrics},
         {EVHTTP_REQ_POST, "v1/sandboxes/*/run", api_exec_run, true},
         {EVHTTP_REQ_POST, "v1/sandboxes/*/execs", api_exec_create, true},
         {EVHTTP_REQ_GET, "v1/sandboxes/*/execs", api_exec_list},
@@ -432,6 +434,8 @@ static const char *method_name(enum evhttp_cmd_type method)
                 return "POST";
         case EVHTTP_REQ_DELETE:
                 return "DELETE";
+        case EVHTTP_REQ_PUT:
+                return "PUT";
         default:
                 return "?";
         }

@@ -65,6 +65,8 @@ void api_sandboxes_list(struct api_call *call);
 void api_sandboxes_get(struct api_call *call);
 void api_sandboxes_delete(struct api_call *call);
 void api_sandboxes_wait(struct api_call *call);
+void api_sandboxes_set_network(struct api_call *call);
+void api_sandboxes_metrics(struct api_call *call);
 void api_exec_create(struct api_call *call);
 void api_exec_list(struct api_call *call);
 void api_exec_get(struct api_call *call);

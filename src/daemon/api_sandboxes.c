@@ -1,4 +1,4 @@
-/* /v1/health and /v1/sandboxes[/{id}[/wait]]. */
+/* /v1/health and /v1/sandboxes[/{id}[/wait|/network|/metrics]]. */
 #include <event2/keyvalq_struct.h>
 #include <stdlib.h>
 #include <string.h>
@@ -145,4 +145,35 @@ void api_sandboxes_wait(struct api_call *call)
         s = find_or_reply(call);
         if (s)
                 sandbox_wait(s, call->request, seconds);
+}
+
+void api_sandboxes_set_network(struct api_call *call)
+{
+        struct net_policy policy;
+        struct moat_error *err = NULL;
+        size_t length;
+        const char *body = api_body(call->request, &length);
+        struct sandbox *s;
+
+        if (request_parse_network(body, length, &policy, &err) < 0) {
+                api_reply_error(call->request, err);
+                moat_error_free(err);
+                return;
+        }
+        s = find_or_reply(call);
+        if (s && sandbox_set_network(s, &policy, &err) < 0) {
+                api_reply_error(call->request, err);
+                moat_error_free(err);
+        } else if (s) {
+                api_reply_json(call->request, 200, sandbox_to_json(s));
+        }
+        net_policy_clear(&policy);
+}
+
+void api_sandboxes_metrics(struct api_call *call)
+{
+        struct sandbox *s = find_or_reply(call);
+
+        if (s)
+                api_reply_json(call->request, 200, sandbox_metrics_json(s));
 }

@@ -9,6 +9,7 @@ struct store;
 struct worker_pool;
 struct sandbox;
 struct api_hold;
+struct moat_net;
 
 struct moatd_options {
         const char *data_dir;
@@ -17,6 +18,8 @@ struct moatd_options {
         const char *init_path;
         const char *cgroup_parent;
         unsigned max_sandboxes;
+        const char *dns_upstreams[9]; /* NULL-terminated; empty: /etc/resolv.conf */
+        const char *net_prefix, *net_pool4, *net_pool6, *tunnel_address;
 };
 
 struct moatd {
@@ -25,6 +28,7 @@ struct moatd {
         struct evhttp *http;
         struct moat_cell_runtime *runtime;
         struct store *store;
+        struct moat_net *net;
         struct worker_pool *workers;
         char images_dir[4096];
         double host_cores;

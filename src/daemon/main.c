@@ -22,6 +22,7 @@
 #include "config.h"
 #include "image_store.h"
 #include "log.h"
+#include "net.h"
 #include "sandbox.h"
 #include "store.h"
 #include "workers.h"
@@ -49,7 +50,9 @@ void moatd_maybe_exit(struct moatd *daemon)
 static void usage(FILE *out)
 {
         fprintf(out, "usage: moatd [--data-dir DIR] [--socket PATH] [--run-dir DIR] [--init PATH]\n"
-                     "             [--cgroup-parent P] [--max-sandboxes N] [--log-level debug|info|warn]\n");
+                     "             [--cgroup-parent P] [--max-sandboxes N] [--log-level debug|info|warn]\n"
+                     "             [--dns-upstream IP[:PORT]]... [--net-prefix NAME] [--net-pool4 CIDR]\n"
+                     "             [--net-pool6 CIDR] [--tunnel-address ADDR]\n");
 }
 
 /* build/src/daemon/moatd finds build/src/init/moat-init; an installed moatd
@@ -125,12 +128,21 @@ int main(int argc, char **argv)
                 {"run-dir", required_argument, NULL, 'r'},       {"init", required_argument, NULL, 'i'},
                 {"cgroup-parent", required_argument, NULL, 'c'}, {"max-sandboxes", required_argument, NULL, 'm'},
                 {"log-level", required_argument, NULL, 'l'},     {"help", no_argument, NULL, 'h'},
+                {"dns-upstream", required_argument, NULL, 'D'},  {"net-prefix", required_argument, NULL, 'P'},
+                {"net-pool4", required_argument, NULL, '4'},     {"net-pool6", required_argument, NULL, '6'},
+                {"tunnel-address", required_argument, NULL, 'T'},
                 {NULL, 0, NULL, 0},
         };
         struct moatd daemon = {.options = {.data_dir = "/var/lib/moat",
                                            .socket_path = "/run/moat/moatd.sock",
                                            .run_dir = "/run/moat",
-                                           .max_sandboxes = 256}};
+                                           .max_sandboxes = 256,
+                                           .net_prefix = MOAT_NET_PREFIX_DEFAULT,
+                                           .net_pool4 = MOAT_NET_POOL4_DEFAULT,
+                                           .net_pool6 = MOAT_NET_POOL6_DEFAULT,
+                                           .tunnel_address = MOAT_NET_TUNNEL_ADDRESS_DEFAULT}};
+        struct moat_net_options net_options;
+        unsigned upstream_count = 0;
         struct moat_cell_runtime_options runtime_options;
         struct moat_error *err = NULL;
         struct event *sigterm = NULL, *sigint = NULL;
@@ -173,6 +185,25 @@ int main(int argc, char **argv)
                         moatd_log_set_level(level);
                         break;
                 }
+                case 'D':
+                        if (upstream_count >= 8) {
+                                fprintf(stderr, "moatd: at most 8 --dns-upstream\n");
+                                return 2;
+                        }
+                        daemon.options.dns_upstreams[upstream_count++] = optarg;
+                        break;
+                case 'P':
+                        daemon.options.net_prefix = optarg;
+                        break;
+                case '4':
+                        daemon.options.net_pool4 = optarg;
+                        break;
+                case '6':
+                        daemon.options.net_pool6 = optarg;
+                        break;
+                case 'T':
+                        daemon.options.tunnel_address = optarg;
+                        break;
                 case 'h':
                         usage(stdout);
                         return 0;
@@ -231,8 +262,21 @@ int main(int argc, char **argv)
         if (!daemon.graveyard_event)
                 goto out;
         image_store_remove_leftovers(&daemon);
-        if (sandbox_load_records(&daemon, &err) < 0 || image_host_ensure(&daemon, &err) < 0 ||
-            api_start(&daemon, &err) < 0)
+        if (sandbox_load_records(&daemon, &err) < 0 || image_host_ensure(&daemon, &err) < 0)
+                goto fail;
+        /* After the reaping above: a crashed run's sandboxes are dead, so
+         * what is left of their networks can be swept. */
+        net_options = (struct moat_net_options){.base = daemon.base,
+                                                .prefix = daemon.options.net_prefix,
+                                                .pool4 = daemon.options.net_pool4,
+                                                .pool6 = daemon.options.net_pool6,
+                                                .dns_upstreams = upstream_count ? daemon.options.dns_upstreams : NULL,
+                                                .tunnel_address = daemon.options.tunnel_address};
+        if (moat_net_init(&net_options, &daemon.net, &err) < 0) {
+                moat_error_wrap(&err, "network");
+                goto fail;
+        }
+        if (api_start(&daemon, &err) < 0)
                 goto fail;
         sigterm = evsignal_new(daemon.base, SIGTERM, on_shutdown_signal, &daemon);
         sigint = evsignal_new(daemon.base, SIGINT, on_shutdown_signal, &daemon);
@@ -260,6 +304,7 @@ out:
         if (daemon.graveyard_event)
                 event_free(daemon.graveyard_event);
         store_close(daemon.store);
+        moat_net_free(daemon.net);
         moat_cell_runtime_free(daemon.runtime);
         if (daemon.base)
                 event_base_free(daemon.base);

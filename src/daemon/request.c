@@ -240,13 +240,15 @@ void sandbox_request_clear(struct sandbox_request *r)
                 json_decref(r->tags);
         if (r->entrypoint)
                 json_decref(r->entrypoint);
+        net_policy_clear(&r->network);
         memset(r, 0, sizeof(*r));
 }
 
 static int parse_sandbox_fields(json_t *root, double host_cores, struct sandbox_request *r, struct moat_error **err)
 {
         static const char *const fields[] = {"image", "cpu", "memory", "disk", "pids", "timeout", "idle_timeout",
-                                             "env", "workdir", "user", "tags", "entrypoint", NULL};
+                                             "env", "workdir", "user", "tags", "entrypoint", "network", "ports",
+                                             NULL};
         json_t *value;
 
         if (check_fields(root, fields, err) < 0)
@@ -313,7 +315,24 @@ static int parse_sandbox_fields(json_t *root, double host_cores, struct sandbox_
         }
         if (request_argv_env_bytes(r->entrypoint, r->env) > REQUEST_ARGV_ENV_BYTES_MAX)
                 return moat_error_invalid(err, "argv and env together exceed %d bytes", REQUEST_ARGV_ENV_BYTES_MAX);
+        if (net_policy_parse(json_object_get(root, "network"), &r->network, err) < 0 ||
+            net_ports_parse(json_object_get(root, "ports"), r->ports, &r->port_count, err) < 0)
+                return -1;
         return 0;
+}
+
+int request_parse_network(const char *body, size_t length, struct net_policy *ret, struct moat_error **err)
+{
+        json_error_t error;
+        _cleanup_json_ json_t *root = NULL;
+
+        if (length == 0)
+                return moat_error_invalid(err, "the body must be a network object");
+        root = json_loadb(body, length, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &error);
+        if (!root)
+                return moat_error_invalid(err, "malformed JSON: %s (line %d, column %d)", error.text,
+                                          error.line, error.column);
+        return net_policy_parse(root, ret, err);
 }
 
 int request_parse_sandbox(const char *body, size_t length, double host_cores, struct sandbox_request *ret,

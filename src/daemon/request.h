@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 #include "common/error.h"
+#include "netpolicy.h"
 
 #define REQUEST_BODY_MAX (1024 * 1024)
 /* Bodies between REQUEST_BODY_MAX and this are read, then refused with our
@@ -40,6 +41,9 @@ struct sandbox_request {
         char *user;
         json_t *tags;       /* object of strings; never NULL after parsing */
         json_t *entrypoint; /* array of strings, or NULL */
+        struct net_policy network;
+        struct net_port ports[NET_PORTS_MAX];
+        size_t port_count;
 };
 
 struct exec_request {
@@ -58,6 +62,10 @@ struct exec_request {
 int request_parse_sandbox(const char *body, size_t length, double host_cores, struct sandbox_request *ret,
                           struct moat_error **err);
 void sandbox_request_clear(struct sandbox_request *request);
+
+/* The body of PUT /v1/sandboxes/{id}/network: a network object (or "none",
+ * "internet"). */
+int request_parse_network(const char *body, size_t length, struct net_policy *ret, struct moat_error **err);
 
 /* one_shot: the body of /run (`cmd` allowed, `stdin` is a string); shell is
  * the interpreter `cmd` runs with ("bash" or "sh"). */

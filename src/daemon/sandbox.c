@@ -17,6 +17,7 @@
 #include "image_store.h"
 #include "init_channel.h"
 #include "log.h"
+#include "net.h"
 #include "store.h"
 #include "workers.h"
 
@@ -166,6 +167,13 @@ json_t *sandbox_to_json(const struct sandbox *s)
                 json_object_set_new(o, "entrypoint", json_null());
         if (o && s->entrypoint)
                 json_object_set_new(o, "entrypoint_exec_id", json_string(s->entrypoint->id));
+        if (o) {
+                json_object_set_new(o, "network",
+                                    net_policy_to_json(s->net ? moat_net_sandbox_policy(s->net) : &c->network));
+                json_object_set_new(o, "tunnels", s->net && s->state == SANDBOX_RUNNING
+                                                          ? moat_net_sandbox_tunnels_json(s->net)
+                                                          : json_array());
+        }
         return o;
 }
 
@@ -184,6 +192,15 @@ static char *config_json(const struct sandbox *s)
                 return NULL;
         if (c->idle_timeout_s)
                 json_object_set_new(o, "idle_timeout", json_integer(c->idle_timeout_s));
+        json_object_set_new(o, "network", net_policy_to_json(&c->network));
+        if (c->port_count) {
+                json_t *ports = json_array();
+
+                for (size_t i = 0; ports && i < c->port_count; i++)
+                        json_array_append_new(ports, json_pack("{s:i, s:b}", "port", (int)c->ports[i].port,
+                                                               "public", c->ports[i].public));
+                json_object_set_new(o, "ports", ports);
+        }
         text = json_dumps(o, JSON_COMPACT);
         json_decref(o);
         return text;
@@ -332,6 +349,38 @@ void sandbox_wait(struct sandbox *s, struct evhttp_request *request, double time
         s->waiters = w;
 }
 
+/* ---- network and metrics ---- */
+
+int sandbox_set_network(struct sandbox *s, const struct net_policy *policy, struct moat_error **err)
+{
+        if (s->state != SANDBOX_RUNNING || !s->net)
+                return moat_error_set(err, MOAT_ERROR_CONFLICT, 0, "sandbox_not_running", "sandbox %s is %s", s->id,
+                                      sandbox_state_name(s->state));
+        if (moat_net_sandbox_set_policy(s->net, policy, err) < 0)
+                return -1;
+        log_info("sandbox %s network: %s", s->id, net_mode_name(policy->mode));
+        return 0;
+}
+
+json_t *sandbox_metrics_json(struct sandbox *s)
+{
+        struct moat_cell_stats stats = {0};
+        struct moat_net_counters counters = {0};
+        struct moat_error *err = NULL;
+
+        if (s->cell && moat_cell_read_stats(s->cell, &stats, &err) < 0)
+                moat_error_free(err);
+        if (s->net)
+                moat_net_sandbox_counters(s->net, &counters);
+        return json_pack("{s:s, s:s, s:f, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "id", s->id, "state",
+                         sandbox_state_name(s->state), "cpu_seconds", stats.cpu_usage_ns / 1e9, "memory_bytes",
+                         (json_int_t)stats.memory_current, "memory_peak_bytes", (json_int_t)stats.memory_peak,
+                         "pids", (json_int_t)stats.pids_current, "net_rx_bytes", (json_int_t)counters.rx_bytes,
+                         "net_tx_bytes", (json_int_t)counters.tx_bytes, "tunnel_rx_bytes",
+                         (json_int_t)counters.tunnel_rx_bytes, "tunnel_tx_bytes",
+                         (json_int_t)counters.tunnel_tx_bytes);
+}
+
 /* ---- stop ---- */
 
 uint64_t sandbox_oom_kills(struct sandbox *s)
@@ -423,6 +472,7 @@ void sandbox_stop(struct sandbox *s, enum sandbox_end_reason reason, bool has_ex
 struct teardown_job {
         struct sandbox *sandbox;
         struct moat_cell *cell;
+        struct moat_net_sandbox *net;
         struct moat_error *err;
 };
 
@@ -431,6 +481,8 @@ static void teardown_run(void *arg)
         struct teardown_job *job = arg;
 
         moat_cell_destroy(job->cell, &job->err);
+        /* After the cell: no process is left to use the network. */
+        moat_net_sandbox_destroy(job->net);
 }
 
 static void teardown_done(void *arg)
@@ -465,13 +517,17 @@ static void start_teardown(struct sandbox *s)
                 return; /* retried on the next stop path; the prune timer too */
         job->sandbox = s;
         job->cell = s->cell;
+        job->net = s->net;
+        moat_net_sandbox_stop(s->net); /* DNS and tunnels belong to the loop */
         s->cell = NULL; /* the worker owns it now */
+        s->net = NULL;
         s->tearing_down = true;
         sandbox_ref(s);
         if (worker_pool_submit(s->daemon->workers, teardown_run, teardown_done, job, &err) < 0) {
                 log_warn("sandbox %s: %s", s->id, err->message);
                 moat_error_free(err);
                 s->cell = job->cell;
+                s->net = job->net;
                 s->tearing_down = false;
                 free(job);
                 sandbox_unref(s);
@@ -682,6 +738,9 @@ struct create_job {
         struct moat_cell_runtime *runtime;
         struct moat_cell_config config;
         char rootfs[PATH_MAX];
+        struct moat_net *net_runtime;
+        const struct net_policy *policy; /* the sandbox's request: nobody changes it while the job runs */
+        struct moat_net_sandbox *net;
         struct moat_cell *cell;
         int control_fd;
         struct moat_error *err;
@@ -694,15 +753,23 @@ static void create_run(void *arg)
         struct moat_cell *cell = NULL;
         int fd;
 
-        if (moat_cell_create(job->runtime, &job->config, &cell, &job->err) < 0)
+        if (moat_net_sandbox_create(job->net_runtime, job->policy, &job->net, &job->err) < 0)
                 return;
+        job->config.join_netns = true;
+        job->config.netns_fd = moat_net_sandbox_netns_fd(job->net);
+        if (moat_cell_create(job->runtime, &job->config, &cell, &job->err) < 0)
+                goto fail;
         fd = init_channel_connect(cell->control_path, &job->err);
         if (fd < 0) {
                 moat_cell_destroy(cell, NULL);
-                return;
+                goto fail;
         }
         job->cell = cell;
         job->control_fd = fd;
+        return;
+fail:
+        moat_net_sandbox_destroy(job->net);
+        job->net = NULL;
 }
 
 static void create_done(void *arg)
@@ -728,6 +795,7 @@ static void create_done(void *arg)
                 return;
         }
         s->cell = job->cell;
+        s->net = job->net;
         free(job);
         s->daemon->cell_count++;
         if (s->state == SANDBOX_STOPPED) {
@@ -740,7 +808,8 @@ static void create_done(void *arg)
         }
         s->pidfd_event = event_new(s->daemon->base, s->cell->pidfd, EV_READ, on_init_exit, s);
         s->channel = init_channel_new(s->daemon->base, control_fd, &channel_handlers, s, &err);
-        if (!s->pidfd_event || !s->channel || event_add(s->pidfd_event, NULL) < 0) {
+        if (!s->pidfd_event || !s->channel || event_add(s->pidfd_event, NULL) < 0 ||
+            moat_net_sandbox_start(s->net, s->config.ports, s->config.port_count, &err) < 0) {
                 log_warn("sandbox %s: %s", s->id, err ? err->message : "cannot watch init");
                 s->delete_requested = true;
                 if (err)
@@ -859,6 +928,8 @@ void sandbox_create(struct moatd *daemon, struct sandbox_request *config, struct
 
         job->sandbox = s;
         job->runtime = daemon->runtime;
+        job->net_runtime = daemon->net;
+        job->policy = &s->config.network;
         job->control_fd = -1;
         job->config = (struct moat_cell_config){
                 .id = s->id,

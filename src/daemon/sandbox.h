@@ -16,6 +16,7 @@ struct moat_cell;
 struct init_channel;
 struct exec;
 struct api_hold;
+struct moat_net_sandbox;
 
 enum sandbox_state { SANDBOX_CREATING, SANDBOX_RUNNING, SANDBOX_STOPPED };
 enum sandbox_end_reason {
@@ -60,6 +61,7 @@ struct sandbox {
         bool create_abandoned; /* the create request's client hung up before the reply */
 
         struct moat_cell *cell;
+        struct moat_net_sandbox *net; /* with the cell: its namespace, veth, DNS, tunnels */
         bool create_in_flight; /* a worker is building the cell */
         struct event *pidfd_event, *lifetime_timer, *idle_timer, *prune_timer, *hello_timer;
         struct init_channel *channel;
@@ -104,5 +106,9 @@ int sandbox_load_records(struct moatd *daemon, struct moat_error **err);
 void sandbox_stop_all(struct moatd *daemon);
 /* Exit: drop every record from memory (the registry keeps them). */
 void sandbox_free_all(struct moatd *daemon);
+/* PUT /v1/sandboxes/{id}/network: replace the live policy. */
+int sandbox_set_network(struct sandbox *sandbox, const struct net_policy *policy, struct moat_error **err);
+/* GET /v1/sandboxes/{id}/metrics */
+json_t *sandbox_metrics_json(struct sandbox *sandbox);
 /* True if a sandbox that is not torn down yet uses image `name`. */
 bool sandbox_image_in_use(struct moatd *daemon, const char *name);

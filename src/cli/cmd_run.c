@@ -260,6 +260,9 @@ static const char create_options_help[] =
         "  -w, --workdir DIR    working directory\n"
         "  -u, --user USER      user to run as\n"
         "      --tag K=V        tag (repeatable)\n"
+        "      --network SPEC   none (default), internet, or allow:ENTRY,... (CIDRs, domains, *.domains)\n"
+        "      --port N         expose port N through moatd, with a token (repeatable)\n"
+        "      --public-port N  expose port N without a token (repeatable)\n"
         "      --json           print JSON\n";
 
 static int delete_sandbox(struct moat_client *client, const char *sandbox_id)

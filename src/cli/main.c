@@ -23,6 +23,8 @@ static const struct command commands[] = {
         { "inspect", moat_cmd_inspect, "show a sandbox as JSON" },
         { "rm", moat_cmd_rm, "delete sandboxes" },
         { "logs", moat_cmd_logs, "stream a sandbox's entrypoint output" },
+        { "network", moat_cmd_network, "change a running sandbox's network policy" },
+        { "tunnels", moat_cmd_tunnels, "list a sandbox's exposed ports" },
         { "image", moat_cmd_image, "list, import and remove images" },
         { "doctor", moat_cmd_doctor, "check that this host can run sandboxes" },
 };

@@ -110,6 +110,9 @@ enum {
         OPTION_PIDS,
         OPTION_TIMEOUT,
         OPTION_TAG,
+        OPTION_NETWORK,
+        OPTION_PORT,
+        OPTION_PUBLIC_PORT,
         OPTION_JSON,
 };
 
@@ -158,6 +161,9 @@ enum moat_options_result moat_options_parse_create(int argc, char **argv, enum m
                 { "workdir", required_argument, NULL, 'w' },
                 { "user", required_argument, NULL, 'u' },
                 { "tag", required_argument, NULL, OPTION_TAG },
+                { "network", required_argument, NULL, OPTION_NETWORK },
+                { "port", required_argument, NULL, OPTION_PORT },
+                { "public-port", required_argument, NULL, OPTION_PUBLIC_PORT },
                 { "json", no_argument, NULL, OPTION_JSON },
                 { "interactive", no_argument, NULL, 'i' },
                 { "help", no_argument, NULL, 'h' },
@@ -210,6 +216,32 @@ enum moat_options_result moat_options_parse_create(int argc, char **argv, enum m
                                 goto fail;
                         }
                         break;
+                case OPTION_NETWORK: {
+                        json_t *network = moat_options_network(optarg, error, error_size);
+
+                        if (!network)
+                                goto fail;
+                        json_decref(network);
+                        options.network = optarg;
+                        break;
+                }
+                case OPTION_PORT:
+                case OPTION_PUBLIC_PORT: {
+                        long port;
+
+                        if (moat_options_parse_positive_long(optarg, &port) < 0 || port > 65535) {
+                                usage_error(error, error_size, "--%s expects a port 1-65535, got `%s`",
+                                            option == OPTION_PORT ? "port" : "public-port", optarg);
+                                goto fail;
+                        }
+                        if (options.port_count == 16) {
+                                usage_error(error, error_size, "at most 16 ports");
+                                goto fail;
+                        }
+                        options.ports_public[options.port_count] = option == OPTION_PUBLIC_PORT;
+                        options.ports[options.port_count++] = port;
+                        break;
+                }
                 case 'i':
                         if (mode != MOAT_OPTIONS_RUN) {
                                 usage_error(error, error_size, "-i is only for `moat run` and `moat exec`");
@@ -368,6 +400,18 @@ json_t *moat_options_create_body(const struct moat_create_options *options, bool
                 failed |= set_field(body, "user", json_string(options->user));
         if (with_entrypoint && options->command_count > 0)
                 failed |= set_field(body, "entrypoint", string_array(options->command, options->command_count));
+        if (options->network)
+                failed |= set_field(body, "network", moat_options_network(options->network, NULL, 0));
+        if (options->port_count > 0) {
+                json_t *ports = json_array();
+
+                for (size_t i = 0; ports && i < options->port_count; i++)
+                        json_array_append_new(ports, options->ports_public[i]
+                                                             ? json_pack("{s:I, s:b}", "port",
+                                                                         (json_int_t)options->ports[i], "public", 1)
+                                                             : json_integer(options->ports[i]));
+                failed |= set_field(body, "ports", ports);
+        }
         if (failed)
                 return NULL; /* a string that is not UTF-8, or out of memory */
         return json_incref(body);
@@ -394,4 +438,33 @@ json_t *moat_options_exec_body(const struct moat_exec_options *options)
         if (failed)
                 return NULL;
         return json_incref(body);
+}
+
+json_t *moat_options_network(const char *spec, char *error, size_t error_size)
+{
+        json_auto_t *allow = NULL;
+        const char *entries;
+
+        if (strcmp(spec, "none") == 0 || strcmp(spec, "internet") == 0)
+                return json_pack("{s:s}", "mode", spec);
+        if (strncmp(spec, "allow:", 6) != 0 || spec[6] == '\0') {
+                if (error)
+                        usage_error(error, error_size,
+                                    "--network expects none, internet or allow:ENTRY[,ENTRY...], got `%s`", spec);
+                return NULL;
+        }
+        allow = json_array();
+        if (!allow)
+                return NULL;
+        /* The daemon validates each entry (CIDR or domain name). */
+        for (entries = spec + 6; *entries;) {
+                size_t length = strcspn(entries, ",");
+
+                if (length > 0 && json_array_append_new(allow, json_stringn(entries, length)) < 0)
+                        return NULL;
+                entries += length;
+                if (*entries == ',')
+                        entries++;
+        }
+        return json_pack("{s:s, s:O}", "mode", "allow", "allow", allow);
 }

@@ -26,6 +26,10 @@ struct moat_create_options {
         struct moat_string_list tags; /* "k=v" */
         const char *workdir;
         const char *user;
+        const char *network;          /* --network SPEC (see moat_options_network) */
+        long ports[16];               /* --port / --public-port, in order */
+        bool ports_public[16];
+        size_t port_count;
         bool json;
         bool interactive;             /* run -i: forward our stdin */
         char **command;               /* run: CMD ARGS; create: ENTRYPOINT (may be empty) */
@@ -66,6 +70,10 @@ int moat_options_parse_positive_double(const char *text, double *ret_value);
 /* "K=V" with a non-empty K. */
 bool moat_options_is_pair(const char *text);
 int moat_string_list_append(struct moat_string_list *list, const char *item);
+
+/* "none", "internet", "allow:ENTRY,ENTRY,..." (CIDRs and domain names) to
+ * the API's network object. NULL with a message in error if malformed. */
+json_t *moat_options_network(const char *spec, char *error, size_t error_size);
 
 /* "K=V" strings to a JSON object (later keys win). NULL on allocation failure. */
 json_t *moat_options_pairs_to_object(const struct moat_string_list *pairs);

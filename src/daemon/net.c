@@ -36,7 +36,6 @@ struct moat_net {
         pthread_mutex_t lock; /* slots and forwarding, taken on workers and the loop */
         uint8_t *slots;       /* bitmap: veth index in use */
         unsigned slot_count;
-        bool forwarding_checked;
 };
 
 struct exposed_port {
@@ -88,9 +87,6 @@ static int read_flag(const char *path)
  * host-wide change (docs/SECURITY.md says what it means). */
 static void ensure_forwarding(struct moat_net *net)
 {
-        if (net->forwarding_checked)
-                return;
-        net->forwarding_checked = true;
         if (read_flag("/proc/sys/net/ipv4/ip_forward") != 1) {
                 if (write_file("/proc/sys/net/ipv4/ip_forward", "1") < 0)
                         log_warn("cannot enable IPv4 forwarding: sandboxes will have no network");

@@ -658,10 +658,10 @@ static void on_hello(void *arg, uint32_t version, uint32_t live_processes)
         store_state(s);
         if (s->cell) {
                 const struct moat_cell_timings *t = &s->cell->timings;
-                log_debug("sandbox %s created in %.2f ms: queued %.2f, cgroups %.2f, set-up %.2f, child %.2f "
-                          "(parent's half %.2f), confirm %.2f, init hello %.2f",
+                log_debug("sandbox %s created in %.2f ms: queued %.2f, network %.2f, cgroups %.2f, set-up %.2f, "
+                          "child %.2f (parent's half %.2f), confirm %.2f, init hello %.2f",
                           s->id, (monotonic_us() - s->create_started_us) / 1e3,
-                          (s->cell_started_us - s->create_started_us) / 1e3, t->cgroup_us / 1e3,
+                          (s->cell_started_us - s->create_started_us) / 1e3, s->net_us / 1e3, t->cgroup_us / 1e3,
                           t->setup_us / 1e3, t->child_us / 1e3, t->parent_half_us / 1e3, t->confirm_us / 1e3,
                           (monotonic_us() - s->cell_done_us) / 1e3);
         }
@@ -755,6 +755,7 @@ static void create_run(void *arg)
 
         if (moat_net_sandbox_create(job->net_runtime, job->policy, &job->net, &job->err) < 0)
                 return;
+        job->sandbox->net_us = (uint32_t)(monotonic_us() - job->sandbox->cell_started_us);
         job->config.join_netns = true;
         job->config.netns_fd = moat_net_sandbox_netns_fd(job->net);
         if (moat_cell_create(job->runtime, &job->config, &cell, &job->err) < 0)

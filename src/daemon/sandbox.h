@@ -58,6 +58,7 @@ struct sandbox {
         uint32_t host_id_base;
         int64_t created_at, ended_at, expires_at, last_activity;
         uint64_t create_started_us, cell_started_us, cell_done_us; /* monotonic, for the debug log */
+        uint32_t net_us; /* of the create: the network's share */
         bool create_abandoned; /* the create request's client hung up before the reply */
 
         struct moat_cell *cell;

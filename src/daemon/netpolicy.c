@@ -67,7 +67,7 @@ void net_cidr_format(const struct net_cidr *cidr, char *buffer, size_t size)
         snprintf(buffer, size, "%s/%u", address, cidr->prefix);
 }
 
-/* Letters, digits, '-' and '_' in labels of 1..63 bytes, 253 bytes in all,
+/* Letters, digits, '-' (not first or last) and '_' in labels of 1..63 bytes, 253 bytes in all,
  * optionally "*." first. Names are ASCII: an internationalised name is given
  * in its xn-- form, as DNS carries it. */
 static bool domain_valid(const char *name)
@@ -82,17 +82,20 @@ static bool domain_valid(const char *name)
                 return false;
         for (const char *p = name; *p; p++) {
                 if (*p == '.') {
-                        if (label == 0)
+                        /* Labels neither empty nor ending in '-'. */
+                        if (label == 0 || p[-1] == '-')
                                 return false;
                         label = 0;
                         continue;
                 }
                 if (!(isalnum((unsigned char)*p) || *p == '-' || *p == '_'))
                         return false;
+                if (*p == '-' && label == 0) /* nor starting with it */
+                        return false;
                 if (++label > 63)
                         return false;
         }
-        return label > 0;
+        return label > 0 && name[length - 1] != '-';
 }
 
 /* Lower-case copy without the trailing dot; NULL if too long. */

@@ -129,8 +129,8 @@ static void tunnel_reap(evutil_socket_t fd, short what, void *data)
 
 /* Answer the client with a JSON error, then close. The sandbox side, if any,
  * is dropped now; the client's unread input is discarded. */
-static void connection_reply(struct tunnel_connection *conn, int status, const char *reason,
-                             const char *code, const char *message)
+static void connection_reply(struct tunnel_connection *conn, int status, const char *reason, const char *code,
+                             const char *message)
 {
         struct bufferevent *client = conn->client.buffer;
         struct timeval reply_timeout = {TUNNEL_REPLY_TIMEOUT_SECONDS, 0};
@@ -147,7 +147,8 @@ static void connection_reply(struct tunnel_connection *conn, int status, const c
         evbuffer_drain(bufferevent_get_input(client), evbuffer_get_length(bufferevent_get_input(client)));
         evbuffer_drain(bufferevent_get_output(client), evbuffer_get_length(bufferevent_get_output(client)));
         /* code and message are fixed strings of ours: nothing to escape. */
-        body_length = snprintf(body, sizeof(body), "{\"error\":{\"code\":\"%s\",\"message\":\"%s\"}}\n", code, message);
+        body_length =
+            snprintf(body, sizeof(body), "{\"error\":{\"code\":\"%s\",\"message\":\"%s\"}}\n", code, message);
         if (body_length < 0 || (size_t)body_length >= sizeof(body) ||
             evbuffer_add_printf(bufferevent_get_output(client),
                                 "HTTP/1.1 %d %s\r\n"
@@ -265,7 +266,8 @@ static bool token_matches(const struct moat_tunnel *tunnel, const char *value, s
         unsigned char difference = value_length != tunnel->token_length;
 
         for (size_t i = 0; i < tunnel->token_length; i++)
-                difference |= (unsigned char)tunnel->token[i] ^ (unsigned char)(i < value_length ? value[i] : 0);
+                difference |=
+                    (unsigned char)tunnel->token[i] ^ (unsigned char)(i < value_length ? value[i] : 0);
         return difference == 0;
 }
 
@@ -324,8 +326,8 @@ static enum head_verdict head_check(const struct moat_tunnel *tunnel, const char
         if (!first_space || first_space == head)
                 return HEAD_MALFORMED;
         second_space = memchr(first_space + 1, ' ', (size_t)(line_end - first_space - 1));
-        if (!second_space || second_space == first_space + 1 ||
-            (size_t)(line_end - second_space - 1) < 5 || memcmp(second_space + 1, "HTTP/", 5) != 0)
+        if (!second_space || second_space == first_space + 1 || (size_t)(line_end - second_space - 1) < 5 ||
+            memcmp(second_space + 1, "HTTP/", 5) != 0)
                 return HEAD_MALFORMED;
         admitted |= query_has_token(tunnel, first_space + 1, (size_t)(second_space - first_space - 1));
 
@@ -392,8 +394,9 @@ static void connection_read_head(struct tunnel_connection *conn)
                 connection_reply(conn, 400, "Bad Request", "bad_request", "the request line is not HTTP");
                 return;
         case HEAD_DENIED:
-                connection_reply(conn, 401, "Unauthorized", "unauthorized",
-                                 "this port needs the sandbox's token: header X-Moat-Token or query parameter moat_token");
+                connection_reply(
+                    conn, 401, "Unauthorized", "unauthorized",
+                    "this port needs the sandbox's token: header X-Moat-Token or query parameter moat_token");
                 return;
         case HEAD_ADMITTED:
                 connection_connect_sandbox(conn);
@@ -421,9 +424,9 @@ static void connection_connect_sandbox(struct tunnel_connection *conn)
         struct moat_tunnel *tunnel = conn->tunnel;
         struct timeval connect_timeout = {TUNNEL_CONNECT_TIMEOUT_SECONDS, 0};
         struct sockaddr_in address = {
-                .sin_family = AF_INET,
-                .sin_port = htons(tunnel->sandbox_port),
-                .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
+            .sin_family = AF_INET,
+            .sin_port = htons(tunnel->sandbox_port),
+            .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
         };
         int fd;
 
@@ -447,7 +450,8 @@ static void connection_connect_sandbox(struct tunnel_connection *conn)
         /* Callbacks are set after the call: a connect that fails at once is
          * reported by the return value only, not also through the event
          * callback from inside this function. */
-        if (bufferevent_socket_connect(conn->sandbox.buffer, (struct sockaddr *)&address, sizeof(address)) < 0) {
+        if (bufferevent_socket_connect(conn->sandbox.buffer, (struct sockaddr *)&address, sizeof(address)) <
+            0) {
                 connection_sandbox_failed(conn, false);
                 return;
         }
@@ -484,7 +488,8 @@ static void connection_read(struct bufferevent *buffer, void *data)
                 connection_forward(conn, side, other_side(conn, side));
                 return;
         case CONNECTION_LINGERING:
-                evbuffer_drain(bufferevent_get_input(buffer), evbuffer_get_length(bufferevent_get_input(buffer)));
+                evbuffer_drain(bufferevent_get_input(buffer),
+                               evbuffer_get_length(bufferevent_get_input(buffer)));
                 return;
         default:
                 return;
@@ -507,7 +512,8 @@ static void connection_write(struct bufferevent *buffer, void *data)
                 return;
         side = side_of(conn, buffer);
         other = other_side(conn, side);
-        if (other->read_paused && evbuffer_get_length(bufferevent_get_output(buffer)) <= MOAT_TUNNEL_QUEUE_LOW) {
+        if (other->read_paused &&
+            evbuffer_get_length(bufferevent_get_output(buffer)) <= MOAT_TUNNEL_QUEUE_LOW) {
                 other->read_paused = false;
                 if (!other->read_done)
                         bufferevent_enable(other->buffer, EV_READ);
@@ -626,7 +632,8 @@ static int tunnel_listen(const char *bind_address, uint16_t *ret_port, struct mo
                 ipv6->sin6_family = AF_INET6;
                 address_length = sizeof(*ipv6);
         } else {
-                return moat_error_invalid(err, "tunnel address `%s` is not an IPv4 or IPv6 address", bind_address);
+                return moat_error_invalid(err, "tunnel address `%s` is not an IPv4 or IPv6 address",
+                                          bind_address);
         }
         fd = socket(address.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
         if (fd < 0)
@@ -683,9 +690,10 @@ int moat_tunnel_open(struct event_base *base, const struct moat_tunnel_options *
         tunnel->base = base;
         tunnel->netns_fd = -1;
         tunnel->sandbox_port = options->sandbox_port;
-        tunnel->head_timeout.tv_sec = options->head_timeout_ms ? options->head_timeout_ms / 1000
-                                                               : MOAT_TUNNEL_HEAD_TIMEOUT_SECONDS;
-        tunnel->head_timeout.tv_usec = options->head_timeout_ms ? (options->head_timeout_ms % 1000) * 1000 : 0;
+        tunnel->head_timeout.tv_sec =
+            options->head_timeout_ms ? options->head_timeout_ms / 1000 : MOAT_TUNNEL_HEAD_TIMEOUT_SECONDS;
+        tunnel->head_timeout.tv_usec =
+            options->head_timeout_ms ? (options->head_timeout_ms % 1000) * 1000 : 0;
         if (options->token) {
                 tunnel->token = strdup(options->token);
                 if (!tunnel->token) {
@@ -748,7 +756,8 @@ static uint64_t buffered(struct bufferevent *buffer)
 {
         if (!buffer)
                 return 0;
-        return evbuffer_get_length(bufferevent_get_input(buffer)) + evbuffer_get_length(bufferevent_get_output(buffer));
+        return evbuffer_get_length(bufferevent_get_input(buffer)) +
+               evbuffer_get_length(bufferevent_get_output(buffer));
 }
 
 uint64_t moat_tunnel_queued_bytes(const struct moat_tunnel *tunnel)

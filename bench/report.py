@@ -8,6 +8,7 @@ nanoseconds a line) or RESULTS_DIR/NAME.skip (why there is no number). moat's
 throughput is RESULTS_DIR/moat_throughput.txt ("key value" lines).
 """
 import math
+import json
 import os
 import platform
 import statistics
@@ -62,6 +63,32 @@ def row(label, value, extra=""):
     if isinstance(value, str):
         return f"  {label:<28} skipped: {value}"
     return f"  {label:<28} {value.min:8.2f} {value.median:8.2f} {value.p99:8.2f}{extra}"
+
+
+def network_section(results):
+    """Create time per network mode and veth throughput, from net_bench.py's JSON."""
+    path = os.path.join(results, "net.json")
+    if not os.path.exists(path):
+        return ["moat network: skipped (no net.json)"]
+    with open(path) as f:
+        net = json.load(f)
+    out = ["sandbox create by network mode, POST /v1/sandboxes only (ms)",
+           f"  {'':<28} {'min':>8} {'median':>8} {'p99':>8}"]
+    modes = net.get("create", {}).get("modes", {})
+    for mode, m in modes.items():
+        out.append(f"  {'network ' + mode:<28} {m['min_ms']:8.2f} {m['median_ms']:8.2f} {m['p99_ms']:8.2f}")
+    if "none" in modes:
+        for mode in ("allow", "internet"):
+            if mode in modes:
+                out.append(f"  median {mode} - none: {modes[mode]['median_ms'] - modes['none']['median_ms']:+.2f} ms")
+    paths = net.get("throughput", {}).get("paths", {})
+    if paths:
+        out.append("TCP throughput, one stream (Gbit/s, median of runs)")
+        for name, p in paths.items():
+            out.append(f"  {name:<28} {p['median_gbit_per_s']:8.2f}")
+    for reason in net.get("skipped", []) if isinstance(net.get("skipped"), list) else []:
+        out.append(f"  skipped: {reason}")
+    return out
 
 
 def main() -> int:
@@ -129,6 +156,9 @@ def main() -> int:
     else:
         reason = load(results, "moat_throughput")
         out.append(f"moat throughput: skipped: {reason}")
+
+    out.append("")
+    out.extend(network_section(results))
 
     text = "\n".join(out) + "\n"
     sys.stdout.write(text)

@@ -98,6 +98,9 @@ for tool in floor cmd_bench moat_bench; do
   cc "${cflags[@]}" -pthread -o "$work/$tool" "$bench_dir/$tool.c" ||
     { echo "bench: failed to compile bench/$tool.c" >&2; exit 1; }
 done
+# netperf runs inside sandboxes, whose libraries may not be the host's: static.
+cc "${cflags[@]}" -static -o "$work/netperf" "$bench_dir/netperf.c" ||
+  { echo "bench: failed to compile bench/netperf.c (needs libc.a from libc6-dev)" >&2; exit 1; }
 
 "$bench_dir/rootfs.sh" "$rootfs" || { echo "bench: no rootfs, nothing to compare" >&2; exit 1; }
 
@@ -121,7 +124,8 @@ moat_section() {
   # Its own cgroup parent, so what this moatd leaves behind is told apart
   # from any other moatd on the host, and removed.
   "$moatd" --data-dir "$work/data" --run-dir "$work/run" --socket "$work/s.sock" \
-    --cgroup-parent "$cgroup_parent" > "$work/moatd.log" 2>&1 &
+    --cgroup-parent "$cgroup_parent" --net-prefix mbench --net-pool4 10.88.0.0/16 \
+    --net-pool6 fd6d:6f61:7488::/48 > "$work/moatd.log" 2>&1 &
   moatd_pid=$!
   local waited=0
   until "${mb[@]}" health 1 > /dev/null 2>&1; do
@@ -144,6 +148,10 @@ moat_section() {
     tail -n 20 "$work/moatd.log" | sed 's/^/  moatd: /'
   say "moat: throughput, $conns connections for $seconds s"
   "${mb[@]}" throughput bench-rootfs "$conns" "$seconds" "$samples" ||
+    tail -n 20 "$work/moatd.log" | sed 's/^/  moatd: /'
+  say "moat: network: create per mode x $n, TCP throughput through the veth"
+  /usr/bin/python3 "$bench_dir/net_bench.py" --socket "$work/s.sock" --netperf "$work/netperf" \
+    -n "$n" --seconds "${BENCH_NET_SECONDS:-5}" --json "$samples/net.json" > "$samples/net.txt" ||
     tail -n 20 "$work/moatd.log" | sed 's/^/  moatd: /'
   stop_moatd
   cp "$work/moatd.log" "$samples/moatd.log"

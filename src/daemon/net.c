@@ -32,6 +32,7 @@ struct moat_net {
         struct net_cidr pool4, pool6;
         struct moat_nft *nft;
         struct moat_dns *dns;
+        char unavailable[512]; /* why modes with a network cannot be served, or "" */
 
         pthread_mutex_t lock; /* slots and forwarding, taken on workers and the loop */
         uint8_t *slots;       /* bitmap: veth index in use */
@@ -118,6 +119,7 @@ int moat_net_init(const struct moat_net_options *options, struct moat_net **ret,
 {
         struct moat_net *net;
         struct moat_nft_options nft_options;
+        struct moat_error *local = NULL;
         unsigned slots4, slots6;
         int swept;
 
@@ -161,11 +163,16 @@ int moat_net_init(const struct moat_net_options *options, struct moat_net **ret,
                 goto fail;
         if (swept > 0)
                 log_info("removed %d network interfaces left by an earlier moatd", swept);
+        /* Without nftables or a DNS upstream, moatd still serves sandboxes
+         * in mode none (and exposed ports); the other modes are refused with
+         * the reason, never run unenforced. */
         nft_options = (struct moat_nft_options){.prefix = net->prefix, .pool4 = &net->pool4, .pool6 = &net->pool6};
-        if (moat_nft_open(&nft_options, &net->nft, err) < 0)
-                goto fail;
-        if (moat_dns_new(net->base, options->dns_upstreams, &net->dns, err) < 0)
-                goto fail;
+        if (moat_nft_open(&nft_options, &net->nft, &local) < 0 ||
+            moat_dns_new(net->base, options->dns_upstreams, &net->dns, &local) < 0) {
+                snprintf(net->unavailable, sizeof(net->unavailable), "%.500s", local->message);
+                log_warn("sandbox networks (modes allow and internet) are unavailable: %s", local->message);
+                moat_error_free(local);
+        }
         *ret = net;
         return 0;
 fail:
@@ -234,10 +241,13 @@ static int attach_veth(struct moat_net_sandbox *sandbox, struct moat_error **err
 {
         struct moat_net *net = sandbox->net;
         uint8_t host4[4], peer4[4], host6[16], peer6[16];
-        int slot = slot_take(net, err);
         char path[128];
-        int r;
+        int slot, r;
 
+        if (net->unavailable[0])
+                return moat_error_set(err, MOAT_ERROR_UNAVAILABLE, 0, "network_unavailable",
+                                      "sandbox networks are unavailable on this host: %s", net->unavailable);
+        slot = slot_take(net, err);
         if (slot < 0)
                 return -1;
         snprintf(sandbox->ifname, sizeof(sandbox->ifname), "%.8s%u", net->prefix, (unsigned)slot & 0xffff);

@@ -145,6 +145,10 @@ int moat_nft_open(const struct moat_nft_options *options, struct moat_nft **ret,
                 "  chain allowlist {\n"
                 "    iifname . ip daddr @allow4 ct mark set iifname map @generation accept\n"
                 "    iifname . ip6 daddr @allow6 ct mark set iifname map @generation accept\n"
+                /* DNS rebinding: an allowed name whose answer points into
+                 * the LAN opens nothing there; only a listed CIDR does. */
+                "    ip daddr @private4 " REJECT "\n"
+                "    ip6 daddr @private6 " REJECT "\n"
                 "    iifname . ip daddr @dns4 ct mark set iifname map @generation accept\n"
                 "    iifname . ip6 daddr @dns6 ct mark set iifname map @generation accept\n"
                 "    " REJECT "\n"

@@ -30,6 +30,19 @@ id=$("$moat" create --tag demo=1)
 "$moat" exec "$id" -- python3 -c 'import os, platform; print("python", platform.python_version(), "pid", os.getpid())'
 "$moat" ls
 "$moat" rm "$id"
+# Network: none by default; an allow-list admits only the Debian mirror this
+# host uses (the one outside address reachable here), by name through moatd's
+# resolver; anything else is refused on the host.
+mirror=$(sed -n 's|^URIs: *https\?://\([^/ ]*\).*|\1|p; s|^deb *https\?://\([^/ ]*\).*|\1|p' \
+  /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null | head -n 1 || true)
+mirror=${mirror:-deb.debian.org}
+"$moat" run -- python3 -c 'import socket; socket.create_connection(("'"$mirror"'", 80), timeout=3)' 2>&1 | tail -n 1 ||
+  echo "(refused, as it should be: network none)"
+"$moat" run --network "allow:$mirror" -- python3 -c \
+  'import urllib.request as u; print(u.urlopen("http://'"$mirror"'/debian/", timeout=5).status, "from '"$mirror"'")'
+"$moat" run --network "allow:$mirror" -- python3 -c \
+  'import socket; socket.create_connection(("192.0.2.1", 80), timeout=3)' 2>&1 | tail -n 1 ||
+  echo "(refused, as it should be: not in the allow-list)"
 set +x
 echo
 echo "moatd is running (pid $pid, log $log). Try: $moat run -- bash -c 'uname -a'"

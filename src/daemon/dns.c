@@ -91,6 +91,7 @@ struct moat_dns_query {
 static char *dns_name_normalize(const ldns_rdf *dname)
 {
         _cleanup_free_ char *text = NULL;
+        ldns_buffer *buffer;
         ldns_rdf *copy;
         size_t length;
 
@@ -100,7 +101,11 @@ static char *dns_name_normalize(const ldns_rdf *dname)
         if (!copy)
                 return NULL;
         ldns_dname2canonical(copy);
-        text = ldns_rdf2str(copy);
+        /* Not ldns_rdf2str: it allocates 64 KiB per name. */
+        buffer = ldns_buffer_new(LDNS_MAX_DOMAINLEN * 4 + 2);
+        if (buffer && ldns_rdf2buffer_str_dname(buffer, copy) == LDNS_STATUS_OK)
+                text = ldns_buffer_export2str(buffer);
+        ldns_buffer_free(buffer);
         ldns_rdf_deep_free(copy);
         if (!text)
                 return NULL;

@@ -231,8 +231,8 @@ static int mount_dev(int root_fd, struct moat_child_report *report)
 }
 
 /* Every sandbox asks moatd's resolver, which moatd serves on this address
- * inside the sandbox's own network namespace when its mode has a network
- * (nothing answers in mode none, so lookups fail at once). */
+ * inside the sandbox's own network namespace (in mode none it answers
+ * NXDOMAIN to everything, at once). */
 #define MOAT_RESOLV_CONF "# moat: moatd's resolver, inside this sandbox's network namespace\nnameserver 127.0.0.53\n" \
                          "options edns0\n"
 

@@ -377,7 +377,10 @@ static int random_token(char *text)
 int moat_net_sandbox_start(struct moat_net_sandbox *sandbox, const struct net_port *ports, size_t port_count,
                            struct moat_error **err)
 {
-        if (sandbox->policy.mode != NET_MODE_NONE && start_dns(sandbox, err) < 0)
+        /* The resolver's address is taken in every mode, before any workload
+         * runs: a sandbox in mode none answers NXDOMAIN at once, and cannot
+         * squat 127.0.0.53:53 for a later change of policy. */
+        if (sandbox->net->dns && start_dns(sandbox, err) < 0)
                 return -1;
         for (size_t i = 0; i < port_count && i < NET_PORTS_MAX; i++) {
                 struct exposed_port *p = &sandbox->ports[sandbox->port_count];
@@ -452,7 +455,7 @@ int moat_net_sandbox_set_policy(struct moat_net_sandbox *sandbox, const struct n
          * and not now are refused from the next query. */
         net_policy_clear(&sandbox->policy);
         sandbox->policy = copy;
-        if (policy->mode != NET_MODE_NONE && start_dns(sandbox, err) < 0)
+        if (sandbox->net->dns && start_dns(sandbox, err) < 0)
                 return -1;
         return 0;
 fail:

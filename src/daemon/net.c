@@ -120,6 +120,7 @@ int moat_net_init(const struct moat_net_options *options, struct moat_net **ret,
         struct moat_net *net;
         struct moat_nft_options nft_options;
         struct moat_error *local = NULL;
+        char interface_prefix[24];
         unsigned slots4, slots6;
         int swept;
 
@@ -158,7 +159,8 @@ int moat_net_init(const struct moat_net_options *options, struct moat_net **ret,
                 goto fail;
         /* A crashed moatd's veths: their sandboxes are gone (reaped at start),
          * and so, with their namespaces, are the peers; a host end may stay. */
-        swept = moat_link_sweep(net->prefix, err);
+        snprintf(interface_prefix, sizeof(interface_prefix), "%s-", net->prefix);
+        swept = moat_link_sweep(interface_prefix, err);
         if (swept < 0)
                 goto fail;
         if (swept > 0)
@@ -236,7 +238,10 @@ static void slot_give(struct moat_net *net, int slot)
         pthread_mutex_unlock(&net->lock);
 }
 
-/* The veth, both ends addressed and up, the sandbox's default routes. */
+/* The veth, both ends addressed and up, the sandbox's default routes. The
+ * host end is "<prefix>-<slot>": prefixes hold no '-', so the rules' match on
+ * "<prefix>-*" never takes in another moatd's interfaces ("moat1-3" is not
+ * "moat-*"). */
 static int attach_veth(struct moat_net_sandbox *sandbox, struct moat_error **err)
 {
         struct moat_net *net = sandbox->net;
@@ -250,7 +255,7 @@ static int attach_veth(struct moat_net_sandbox *sandbox, struct moat_error **err
         slot = slot_take(net, err);
         if (slot < 0)
                 return -1;
-        snprintf(sandbox->ifname, sizeof(sandbox->ifname), "%.8s%u", net->prefix, (unsigned)slot & 0xffff);
+        snprintf(sandbox->ifname, sizeof(sandbox->ifname), "%.8s-%u", net->prefix, (unsigned)slot & 0xffff);
         slot_addresses(net, slot, AF_INET, false, host4);
         slot_addresses(net, slot, AF_INET, true, peer4);
         slot_addresses(net, slot, AF_INET6, false, host6);

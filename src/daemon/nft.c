@@ -166,7 +166,7 @@ int moat_nft_open(const struct moat_nft_options *options, struct moat_nft **ret,
                  * again below. */
                 "    iifname . ct mark @current accept\n"
                 /* Other sandboxes, whatever the pools. */
-                "    oifname \"%s*\" " REJECT "\n"
+                "    oifname \"%s-*\" " REJECT "\n"
                 "    ip daddr @blocked4 " REJECT "\n"
                 "    ip6 daddr @blocked6 " REJECT "\n"
                 "    ct state new iifname vmap @connlimit\n"
@@ -182,8 +182,8 @@ int moat_nft_open(const struct moat_nft_options *options, struct moat_nft **ret,
                 "  }\n"
                 "  chain forward {\n"
                 "    type filter hook forward priority filter - 10; policy accept;\n"
-                "    iifname \"%s*\" jump from_sandbox\n"
-                "    oifname \"%s*\" jump to_sandbox\n"
+                "    iifname \"%s-*\" jump from_sandbox\n"
+                "    oifname \"%s-*\" jump to_sandbox\n"
                 "  }\n"
                 /* The host itself (every address it has, every service on
                  * it) is unreachable from a sandbox: moatd's resolver lives
@@ -191,7 +191,7 @@ int moat_nft_open(const struct moat_nft_options *options, struct moat_nft **ret,
                  * but IPv6 neighbour discovery on the veth. */
                 "  chain input {\n"
                 "    type filter hook input priority filter - 10; policy accept;\n"
-                "    iifname \"%s*\" jump input_from_sandbox\n"
+                "    iifname \"%s-*\" jump input_from_sandbox\n"
                 "  }\n"
                 "  chain input_from_sandbox {\n"
                 "    icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } accept\n"
@@ -201,12 +201,12 @@ int moat_nft_open(const struct moat_nft_options *options, struct moat_nft **ret,
                  * into sandboxes either: exposed ports go through moatd. */
                 "  chain output {\n"
                 "    type filter hook output priority filter - 10; policy accept;\n"
-                "    oifname \"%s*\" meta l4proto { tcp, udp } ct state new drop\n"
+                "    oifname \"%s-*\" meta l4proto { tcp, udp } ct state new drop\n"
                 "  }\n"
                 "  chain postrouting {\n"
                 "    type nat hook postrouting priority srcnat; policy accept;\n"
-                "    oifname != \"%s*\" ip saddr %s masquerade\n"
-                "    oifname != \"%s*\" ip6 saddr %s masquerade\n"
+                "    oifname != \"%s-*\" ip saddr %s masquerade\n"
+                "    oifname != \"%s-*\" ip6 saddr %s masquerade\n"
                 "  }\n"
                 "}\n",
                 p, p, p, p, p, p, pool4, p, pool6);

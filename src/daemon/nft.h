@@ -24,7 +24,7 @@
 struct moat_nft;
 
 struct moat_nft_options {
-        const char *prefix;           /* table name and host-side interface prefix */
+        const char *prefix;           /* table name; host-side interfaces are "<prefix>-<slot>" */
         const struct net_cidr *pool4; /* sandbox addresses: always blocked as destinations, NATed as sources */
         const struct net_cidr *pool6;
 };

@@ -11,6 +11,7 @@ sandboxes of another moatd running at the same time on this host are never
 mistaken for our leaks; on a pure v2 host with controllers it stays in ours.
 """
 
+import itertools
 import json
 import os
 import re
@@ -29,6 +30,63 @@ sys.path.insert(0, os.path.join(REPO, "sdk", "python"))
 import moat  # noqa: E402
 
 SANDBOX_UID_MIN = 65536  # every sandbox's id range starts at or above this
+
+# Networking names of one moatd instance: its nft table, host-side veths and
+# address pools. Each instance gets its own so that moatds running at the same
+# time (other modules, other pytest processes) never see each other's.
+_instance_counter = itertools.count()
+
+
+def _net_prefix(index):
+    # Fixed width: no instance's prefix may be a prefix of another's, since
+    # moatd names its interfaces "<prefix>-<slot>" (older builds matched "<prefix>*").
+    return "mte%03d" % index
+
+
+def _net_index_in_use(index):
+    prefix = _net_prefix(index)
+    if any(name.startswith(prefix) for name in _host_links()):
+        return True
+    try:
+        done = subprocess.run(["ip", "-4", "route", "show", "to", "root", "10.%d.0.0/16" % index],
+                              capture_output=True, text=True, timeout=10)
+        return bool(done.stdout.strip())
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def _claim_net_index():
+    """A k in 1..254 (not 89: moatd's default pool is 10.89.0.0/16) that no
+    other instance on this host uses; claimed with an O_EXCL lock file."""
+    start = (os.getpid() * 7 + next(_instance_counter) * 13) % 254
+    os.makedirs("/run/lock", exist_ok=True)
+    for step in range(254):
+        index = (start + step) % 254 + 1
+        if index == 89 or _net_index_in_use(index):
+            continue
+        lock = "/run/lock/moat-e2e-net-%d" % index
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                with open(lock) as f:
+                    owner = int(f.read().strip() or 0)
+            except (OSError, ValueError):
+                continue
+            if owner and not os.path.exists("/proc/%d" % owner):
+                os.unlink(lock)  # its pytest died without releasing it; next round may take it
+            continue
+        os.write(fd, b"%d\n" % os.getpid())
+        os.close(fd)
+        return index
+    raise RuntimeError("no free network index for a test moatd")
+
+
+def _host_links():
+    try:
+        return os.listdir("/sys/class/net")
+    except FileNotFoundError:
+        return []
 
 
 def build_dir():
@@ -272,7 +330,8 @@ def http_request(method, path, body=None, headers=None):
 class Moatd:
     """One moatd in its own temp dir. start(), then stop_and_check_leaks()."""
 
-    def __init__(self, name="e2e"):
+    def __init__(self, name="e2e", extra_args=None):
+        self.extra_args = list(extra_args or [])
         self.tmp = tempfile.mkdtemp(prefix="moat-%s-" % name)
         self.data_dir = os.path.join(self.tmp, "data")
         self.run_dir = os.path.join(self.tmp, "run")
@@ -284,6 +343,13 @@ class Moatd:
         self.wrapper_dirs = []   # our moat-e2e-* cgroups, one per hierarchy
         self.uid_pids_before = set()
         self.failed = False
+        self._helptext = None
+        # Networking (only passed when moatd has --net-prefix): see _claim_net_index.
+        self.net_index = None
+        self.net_prefix = None
+        self.net_pool4 = None
+        self.net_pool6 = None
+        self.net_fd_baseline = None
 
     # start-up --------------------------------------------------------------
 
@@ -327,19 +393,36 @@ class Moatd:
             except OSError:
                 pass
 
+    def helptext(self):
+        if self._helptext is None:
+            try:
+                done = subprocess.run([moatd_binary(), "--help"], capture_output=True, timeout=5)
+                self._helptext = done.stdout + done.stderr
+            except (OSError, subprocess.TimeoutExpired):
+                self._helptext = b""
+        return self._helptext
+
+    def supports_network(self):
+        return b"--net-prefix" in self.helptext()
+
     def command(self):
         binary = moatd_binary()
         args = [binary, "--data-dir", self.data_dir, "--run-dir", self.run_dir,
                 "--socket", self.socket]
-        try:
-            done = subprocess.run([binary, "--help"], capture_output=True, timeout=5)
-            helptext = done.stdout + done.stderr
-        except (OSError, subprocess.TimeoutExpired):
-            helptext = b""
+        helptext = self.helptext()
         init = os.path.join(build_dir(), "src", "init", "moat-init")
         if b"--init" in helptext and os.path.exists(init):
             args += ["--init", init]
-        return args
+        if self.supports_network():
+            if self.net_index is None:
+                self.net_index = _claim_net_index()
+                k = self.net_index
+                self.net_prefix = _net_prefix(k)
+                self.net_pool4 = "10.%d.0.0/16" % k
+                self.net_pool6 = "fd6d:6f61:74%02x::/48" % k
+            args += ["--net-prefix", self.net_prefix, "--net-pool4", self.net_pool4,
+                     "--net-pool6", self.net_pool6]
+        return args + self.extra_args
 
     def start(self):
         if not os.access(moatd_binary(), os.X_OK):
@@ -360,6 +443,7 @@ class Moatd:
         except moat.Error:
             pass  # the tests will report it; the baseline is still useful
         self.fd_baseline = self.settled_fd_count()
+        self.net_fd_baseline = len(self.netns_fds())
 
     def _launch(self):
         """Start moatd on this instance's dirs (appending to its log); wait for /v1/health."""
@@ -427,6 +511,74 @@ class Moatd:
     def healthy(self, timeout=5.0):
         return moat.Client(self.socket, timeout=timeout).request("GET", "/v1/health")
 
+    # networking state --------------------------------------------------------
+
+    def net_links(self):
+        """Host interfaces named with this instance's prefix (its sandboxes' veths)."""
+        if not self.net_prefix:
+            return []
+        return sorted(n for n in _host_links() if n.startswith(self.net_prefix))
+
+    def nft_table(self):
+        """The nft JSON list of this instance's table, or None if it does not exist."""
+        if not self.net_prefix:
+            return None
+        try:
+            done = subprocess.run(["nft", "-j", "list", "table", "inet", self.net_prefix],
+                                  capture_output=True, text=True, timeout=20)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        if done.returncode != 0:
+            return None
+        return json.loads(done.stdout).get("nftables", [])
+
+    def nft_sandbox_elements(self):
+        """Set and map elements in our table that belong to a sandbox. moatd
+        keys every sandbox's elements by its host-side interface name
+        (src/daemon/nft.h), so an element naming "<prefix>..." is a sandbox's."""
+        table = self.nft_table()
+        if not table:
+            return []
+        found = []
+        for entry in table:
+            for kind in ("set", "map"):
+                body = entry.get(kind)
+                if body:
+                    for element in body.get("elem") or []:
+                        if self.net_prefix in json.dumps(element):
+                            found.append("%s %s: %s" % (kind, body.get("name"), json.dumps(element)[:160]))
+        return found
+
+    def netns_fds(self):
+        return [t for t in _fd_targets(self.pid) if t.startswith("net:[")]
+
+    def net_problems(self):
+        """Networking state that outlives the sandboxes: host veths with our
+        prefix, per-sandbox nft elements, named netns or netns descriptors."""
+        if not self.net_prefix:
+            return []
+        problems = []
+        links = self.net_links()
+        if links:
+            problems.append("host links left with prefix %s: %s" % (self.net_prefix, links))
+        elements = self.nft_sandbox_elements()
+        if elements:
+            problems.append("nft elements left in inet %s: %s" % (self.net_prefix, elements[:10]))
+        # moatd's namespaces are anonymous (held by the sandbox's processes
+        # and moatd's descriptors); a named one would be a bind mount in
+        # /run/netns, and mounts under our temp dir are checked elsewhere.
+        try:
+            named = [n for n in os.listdir("/run/netns") if n.startswith(self.net_prefix)]
+        except FileNotFoundError:
+            named = []
+        if named:
+            problems.append("named network namespaces left: %s" % named)
+        if self.proc is not None and self.proc.poll() is None and self.net_fd_baseline is not None:
+            held = self.netns_fds()
+            if len(held) > self.net_fd_baseline:
+                problems.append("moatd holds %d netns fds, baseline %d" % (len(held), self.net_fd_baseline))
+        return problems
+
     # teardown --------------------------------------------------------------
 
     def delete_all_sandboxes(self):
@@ -461,6 +613,7 @@ class Moatd:
         if leaked:
             problems.append("sandbox-uid processes still under moatd: %s" % _describe(leaked))
         problems += self._socket_problems()
+        problems += self.net_problems()
         return problems
 
     def _cgroup_problems(self):
@@ -514,6 +667,7 @@ class Moatd:
         elif new_uid:
             problems.append("sandbox-uid processes left: %s" % _describe(new_uid))
         problems += self._socket_problems()
+        problems += self.net_problems()
         return problems
 
     def cleanup(self):
@@ -544,6 +698,21 @@ class Moatd:
                             break
                         time.sleep(0.05)
         shutil.rmtree(self.tmp, ignore_errors=True)
+        self._release_net()
+
+    def _release_net(self):
+        """Remove what networking checks found (veths, our nft table), then the claim."""
+        if self.net_index is None:
+            return
+        for name in self.net_links():
+            subprocess.run(["ip", "link", "del", name], stderr=subprocess.DEVNULL)
+        if self.nft_table() is not None:
+            subprocess.run(["nft", "delete", "table", "inet", self.net_prefix], stderr=subprocess.DEVNULL)
+        try:
+            os.unlink("/run/lock/moat-e2e-net-%d" % self.net_index)
+        except FileNotFoundError:
+            pass
+        self.net_index = None
 
 
 def _fd_targets(pid):
@@ -561,9 +730,9 @@ def _describe(pids):
             for p in pids]
 
 
-def moatd_fixture(request, name):
+def moatd_fixture(request, name, extra_args=None):
     """Body of the module-scoped fixture: yields a started Moatd."""
-    daemon = Moatd(name)
+    daemon = Moatd(name, extra_args=extra_args)
     try:
         daemon.start()
     except Exception:

@@ -5,6 +5,7 @@ import time
 
 from . import errors
 from ._transport import Client
+from .network import Network, Tunnel, network_body, ports_body
 from .process import Process, _WAIT_SLICE
 
 
@@ -85,10 +86,14 @@ class Sandbox:
     @classmethod
     def create(cls, *entrypoint, image="host", cpu=None, memory=None, disk=None, pids=None,
                timeout=None, idle_timeout=None, env=None, workdir=None, user=None, tags=None,
-               socket=None):
+               socket=None, network=None, ports=None):
         """Create a sandbox. Positional arguments, if any, are its entrypoint:
         the sandbox's main process, whose output is ``sb.stdout``/``sb.stderr``
-        and whose exit ends the sandbox (``sb.wait()``, ``sb.returncode``)."""
+        and whose exit ends the sandbox (``sb.wait()``, ``sb.returncode``).
+
+        ``network`` is a :class:`moat.Network` (or "none"/"internet"; default
+        none: loopback only); ``ports`` lists sandbox ports to expose, as ints
+        or :class:`moat.Port` (see :meth:`tunnels`)."""
         body = {}
         if image is not None:
             body["image"] = image
@@ -103,6 +108,10 @@ class Sandbox:
             body["tags"] = dict(tags)
         if entrypoint:
             body["entrypoint"] = _argv_from(entrypoint)
+        if network is not None:
+            body["network"] = network_body(network)
+        if ports is not None:
+            body["ports"] = ports_body(ports)
         client = Client(socket)
         info = client.request("POST", "/v1/sandboxes", json_body=body)
         return cls(client, info)
@@ -169,6 +178,32 @@ class Sandbox:
     created_at = property(lambda self: self._info.get("created_at"))
     ended_at = property(lambda self: self._info.get("ended_at"))
     expires_at = property(lambda self: self._info.get("expires_at"))
+
+    @property
+    def network(self):
+        """The sandbox's network policy as moatd normalized it (a moat.Network)."""
+        return Network.from_json(self._info.get("network"))
+
+    def set_network(self, network):
+        """Replace the network policy of the running sandbox, atomically.
+
+        New connections follow the new policy. Raises moat.SandboxNotRunning
+        if the sandbox has stopped, moat.InvalidArgument for a bad policy.
+        """
+        self._info = dict(self._client.request("PUT", self._path("/network"),
+                                               json_body=network_body(network)))
+        return self
+
+    def tunnels(self):
+        """Exposed ports: {sandbox port: moat.Tunnel(port, url, token, public, host_port)}."""
+        self.refresh()
+        return {doc["port"]: Tunnel.from_json(doc) for doc in self._info.get("tunnels") or []}
+
+    def metrics(self):
+        """Resource and traffic counters: cpu_seconds, memory_bytes,
+        memory_peak_bytes, pids, net_rx_bytes/net_tx_bytes and
+        tunnel_rx_bytes/tunnel_tx_bytes (from the sandbox's point of view)."""
+        return dict(self._client.request("GET", self._path("/metrics")))
 
     def poll(self):
         """The entrypoint's exit code if the sandbox has stopped, else None."""

@@ -228,6 +228,59 @@ static uint64_t monotonic_us(void)
         return (uint64_t)now.tv_sec * 1000000u + (uint64_t)now.tv_nsec / 1000u;
 }
 
+/* The child's 'S' message with its scratch fd. Anything else is its failure
+ * report (or nothing: it died), which stays for wait_for_child() to read:
+ * MSG_PEEK until we know. */
+static int receive_scratch(struct moat_cell *cell, int sync_fd, struct moat_error **err)
+{
+        char byte = 0;
+        struct iovec iov = { .iov_base = &byte, .iov_len = 1 };
+        union {
+                struct cmsghdr header;
+                char buffer[CMSG_SPACE(sizeof(int))];
+        } control;
+        struct msghdr message = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buffer,
+                                  .msg_controllen = sizeof(control.buffer) };
+        struct pollfd p = { .fd = sync_fd, .events = POLLIN };
+        struct cmsghdr *cmsg;
+        ssize_t n;
+        int r;
+
+        do
+                r = poll(&p, 1, CHILD_SETUP_TIMEOUT_MS);
+        while (r < 0 && errno == EINTR);
+        if (r <= 0)
+                return moat_error_set(err, MOAT_ERROR_SYSTEM, r < 0 ? errno : ETIMEDOUT, "cell_setup_failed",
+                                      "sandbox child did not send its scratch fd");
+        n = recv(sync_fd, &byte, 1, MSG_PEEK);
+        if (n != 1 || byte != MOAT_CHILD_SCRATCH)
+                return moat_error_set(err, MOAT_ERROR_SYSTEM, 0, "cell_setup_failed",
+                                      "sandbox child failed before its scratch fd");
+        memset(&control, 0, sizeof(control));
+        n = recvmsg(sync_fd, &message, MSG_CMSG_CLOEXEC);
+        cmsg = CMSG_FIRSTHDR(&message);
+        if (n != 1 || !cmsg || cmsg->cmsg_level != SOL_SOCKET || cmsg->cmsg_type != SCM_RIGHTS ||
+            cmsg->cmsg_len != CMSG_LEN(sizeof(int)))
+                return moat_error_set(err, MOAT_ERROR_SYSTEM, EPROTO, "cell_setup_failed", "bad scratch message");
+        memcpy(&cell->scratch_fd, CMSG_DATA(cmsg), sizeof(int));
+        return 0;
+}
+
+int moat_cell_upper_open(const struct moat_cell *cell, struct moat_error **err)
+{
+        int fd;
+
+        if (cell->scratch_fd < 0)
+                return moat_error_set(err, MOAT_ERROR_CONFLICT, 0, "sandbox_not_running",
+                                      "sandbox `%s` has no writable layer", cell->id);
+        /* O_NOFOLLOW: "upper" is ours (made before the sandbox ran) but the
+         * tree under it is the sandbox's. */
+        fd = openat(cell->scratch_fd, "upper", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (fd < 0)
+                return moat_error_system(err, errno, "open the writable layer of `%s`", cell->id);
+        return fd;
+}
+
 static void *parent_half_run(void *arg)
 {
         struct parent_half *half = arg;
@@ -251,6 +304,8 @@ static void *parent_half_run(void *arg)
                 half->result = bind_control_socket(half->control_fd, half->cell->control_path, &half->err);
                 /* Only a socket we bound is ours to unlink. */
                 half->cell->control_bound = half->result == 0;
+                if (half->result == 0)
+                        half->result = receive_scratch(half->cell, half->sync_fd, &half->err);
                 /* The child waits for this before it execs init, which
                  * refuses a control fd that is not listening yet. */
                 if (half->result == 0 && send(half->sync_fd, &(char){ MOAT_CHILD_LISTENING }, 1, MSG_NOSIGNAL) != 1)
@@ -433,6 +488,8 @@ static void abandon_cell(struct moat_cell *cell)
                 unlink(cell->control_path);
         if (cell->pidfd >= 0)
                 close(cell->pidfd);
+        if (cell->scratch_fd >= 0)
+                close(cell->scratch_fd);
         free(cell);
 }
 
@@ -458,6 +515,7 @@ int moat_cell_create(struct moat_cell_runtime *runtime, const struct moat_cell_c
                 return moat_error_system(err, ENOMEM, "allocate cell");
         cell->runtime = runtime;
         cell->pidfd = -1;
+        cell->scratch_fd = -1;
         snprintf(cell->id, sizeof(cell->id), "%s", config->id);
 
         mark = monotonic_us();
@@ -592,6 +650,8 @@ int moat_cell_destroy(struct moat_cell *cell, struct moat_error **err)
                 r = moat_error_system(err, errno, "unlink `%s`", cell->control_path);
         if (cell->pidfd >= 0)
                 close(cell->pidfd);
+        if (cell->scratch_fd >= 0)
+                close(cell->scratch_fd);
         free(cell);
         return r;
 }

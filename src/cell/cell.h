@@ -66,6 +66,9 @@ struct moat_cell {
         int pidfd;    /* pollable: readable once init has exited */
         char control_path[256]; /* unix socket init listens on */
         bool control_bound;     /* control_path exists and is this cell's */
+        /* O_PATH fd of the sandbox's scratch tmpfs: "upper" in it is the
+         * sandbox's writable layer (see moat_cell_upper_open). -1 if none. */
+        int scratch_fd;
         struct moat_cell_runtime *runtime;
         char cgroup_paths[4][256]; /* per hierarchy; [0] only on v2 */
         unsigned cgroup_count;
@@ -89,6 +92,11 @@ bool moat_cell_try_reap(struct moat_cell *cell);
 /* Kill, reap, wait for the cgroup to empty, remove the cgroups, the control
  * socket. Blocks (bounded, a few ms). Frees the cell. */
 int moat_cell_destroy(struct moat_cell *cell, struct moat_error **err);
+
+/* A directory fd of the sandbox's writable overlay layer (its changes to the
+ * image: new and changed files, whiteouts for deletions), for moatd to read.
+ * Its contents are the sandbox's: walk it without following symlinks. */
+int moat_cell_upper_open(const struct moat_cell *cell, struct moat_error **err);
 
 struct moat_cell_stats {
         uint64_t memory_current, memory_peak; /* bytes */

@@ -139,6 +139,9 @@ int moat_rootfs_build_plan(struct moat_child_plan *plan, struct moat_error **err
 #define MOAT_CHILD_READY 'R'
 /* The parent's last message: the control socket listens; exec init. */
 #define MOAT_CHILD_LISTENING 'L'
+/* child -> parent, with the scratch tmpfs's fd (SCM_RIGHTS): moatd reads the
+ * sandbox's writable layer through it (snapshots). */
+#define MOAT_CHILD_SCRATCH 'S'
 
 __attribute__((noreturn)) void moat_child_main(const struct moat_child_plan *plan);
 

@@ -204,6 +204,30 @@ static int set_no_new_privs(struct moat_child_report *report)
 
 /* The control socket is bound and made to listen by the parent's half while
  * we build the rootfs; init must not start before it listens. */
+/* Hand moatd an fd of the scratch tmpfs (upper and work dirs live there): it
+ * stays reachable to moatd, and only to moatd, after pivot_root hides it. */
+static int send_scratch(int sync_fd, int scratch_fd, struct moat_child_report *report)
+{
+        char byte = MOAT_CHILD_SCRATCH;
+        struct iovec iov = { .iov_base = &byte, .iov_len = 1 };
+        union {
+                struct cmsghdr header;
+                char buffer[CMSG_SPACE(sizeof(int))];
+        } control;
+        struct msghdr message = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buffer,
+                                  .msg_controllen = sizeof(control.buffer) };
+        struct cmsghdr *cmsg = CMSG_FIRSTHDR(&message);
+
+        memset(&control, 0, sizeof(control));
+        cmsg->cmsg_level = SOL_SOCKET;
+        cmsg->cmsg_type = SCM_RIGHTS;
+        cmsg->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(cmsg), &scratch_fd, sizeof(int));
+        if (sendmsg(sync_fd, &message, MSG_NOSIGNAL) != 1)
+                return moat_child_fail(report, MOAT_STEP_SCRATCH_TMPFS, errno, "sendmsg", "scratch fd");
+        return 0;
+}
+
 static int wait_for_listening(int sync_fd, struct moat_child_report *report)
 {
         char byte = 0;
@@ -248,7 +272,8 @@ void moat_child_main(const struct moat_child_plan *plan)
                 goto fail;
         }
         scratch_fd = moat_rootfs_mount_scratch(plan, &report);
-        if (scratch_fd < 0 || become_sandbox_root(&report) < 0)
+        if (scratch_fd < 0 || send_scratch(plan->sync_fd, scratch_fd, &report) < 0 ||
+            become_sandbox_root(&report) < 0)
                 goto fail;
         root_fd = moat_rootfs_build(plan, scratch_fd, mount_fds, mount_fd_count, &report);
         if (root_fd < 0)

@@ -393,8 +393,11 @@ static const struct route routes[] = {
         {EVHTTP_REQ_POST, "v1/sandboxes/*/execs/*/stdin/close", api_exec_stdin_close},
         {EVHTTP_REQ_POST, "v1/sandboxes/*/execs/*/signal", api_exec_signal},
         {EVHTTP_REQ_POST, "v1/sandboxes/*/execs/*/wait", api_exec_wait, true},
+        {EVHTTP_REQ_POST, "v1/sandboxes/*/snapshot", api_sandboxes_snapshot, true},
         {EVHTTP_REQ_GET, "v1/images", api_images_list},
         {EVHTTP_REQ_POST, "v1/images/import", api_images_import, true},
+        {EVHTTP_REQ_POST, "v1/images/prune", api_images_prune},
+        {EVHTTP_REQ_GET, "v1/images/*", api_images_get},
         {EVHTTP_REQ_DELETE, "v1/images/*", api_images_delete},
 };
 

@@ -79,3 +79,6 @@ void api_exec_run(struct api_call *call);
 void api_images_list(struct api_call *call);
 void api_images_import(struct api_call *call);
 void api_images_delete(struct api_call *call);
+void api_images_get(struct api_call *call);
+void api_images_prune(struct api_call *call);
+void api_sandboxes_snapshot(struct api_call *call);

@@ -1,9 +1,16 @@
-/* /v1/images: list, import (on a worker), delete. */
+/* /v1/images: list, inspect, import (on a worker), delete, prune; and
+ * POST /v1/sandboxes/{id}/snapshot, which turns a sandbox's writable layer
+ * into an image. Blocking work runs on workers; the records change only here,
+ * on the loop. */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "api.h"
+#include "cell/cell.h"
 #include "image_store.h"
 #include "log.h"
 #include "request.h"
@@ -23,115 +30,303 @@ void api_images_list(struct api_call *call)
         api_reply_json(call->request, 200, list);
 }
 
-struct import_job {
-        struct moatd *daemon;
-        struct api_hold *hold;
-        char images_dir[4096];
-        char *path, *name;
-        struct moat_error *err;
-};
-
-static void import_run(void *arg)
+/* Image references hold '/' and ':' ("127.0.0.1:5000/team/app:v2"), which a
+ * route segment cannot: GET/DELETE /v1/images/{ref} take it %-encoded, and
+ * /v1/images?ref= too. */
+static char *ref_of(struct api_call *call)
 {
-        struct import_job *job = arg;
+        char *ref = evhttp_uridecode(call->params[0], 0, NULL);
 
-        image_store_import(job->images_dir, job->path, job->name, &job->err);
-}
-
-static void import_done(void *arg)
-{
-        struct import_job *job = arg;
-        struct moatd *daemon = job->daemon;
-
-        daemon->image_jobs--;
-        if (job->err) {
-                log_warn("image import `%s` from `%s`: %s", job->name, job->path, job->err->message);
-                if (job->hold)
-                        api_hold_reply_error(job->hold, job->err);
-        } else {
-                struct moat_error *err = NULL;
-                json_t *image = image_store_get(job->daemon, job->name, &err);
-                log_info("image `%s` imported from `%s`", job->name, job->path);
-                if (job->hold) {
-                        if (image)
-                                api_hold_reply_json(job->hold, 201, image);
-                        else
-                                api_hold_reply_error(job->hold, err);
-                } else if (image) {
-                        json_decref(image);
-                }
-                moat_error_free(err);
+        if (!ref || !ref[0] || strlen(ref) > REQUEST_IMAGE_NAME_MAX) {
+                free(ref);
+                api_reply_new_error(call->request, MOAT_ERROR_INVALID_ARGUMENT, NULL, "bad image reference");
+                return NULL;
         }
-        moat_error_free(job->err);
-        free(job->path);
-        free(job->name);
-        free(job);
-        moatd_maybe_exit(daemon);
+        return ref;
 }
 
-static void on_import_client_gone(void *arg)
+void api_images_get(struct api_call *call)
 {
-        struct import_job *job = arg;
-
-        job->hold = NULL; /* the import finishes anyway */
-}
-
-void api_images_import(struct api_call *call)
-{
-        struct import_job *job = calloc(1, sizeof(*job));
         struct moat_error *err = NULL;
-        size_t length;
-        const char *body = api_body(call->request, &length);
-        char rootfs[4096];
+        char *ref = ref_of(call);
+        struct image_record *image;
 
-        if (!job)
-                return api_reply_new_error(call->request, MOAT_ERROR_INTERNAL, NULL, "out of memory");
-        job->daemon = call->daemon;
-        snprintf(job->images_dir, sizeof(job->images_dir), "%s", call->daemon->images_dir);
-        if (request_parse_image_import(body, length, &job->path, &job->name, &err) < 0)
-                goto fail;
-        if (image_store_rootfs(call->daemon, job->name, rootfs, NULL) == 0) {
-                moat_error_set(&err, MOAT_ERROR_CONFLICT, 0, NULL, "image `%s` exists", job->name);
-                goto fail;
-        }
-        job->hold = api_hold_new(call->daemon, call->request, on_import_client_gone, job);
-        if (!job->hold) {
-                moat_error_set(&err, MOAT_ERROR_INTERNAL, ENOMEM, NULL, "out of memory");
-                goto fail;
-        }
-        if (worker_pool_submit(call->daemon->workers, import_run, import_done, job, &err) < 0) {
-                api_hold_reply_error(job->hold, err);
-                moat_error_free(err);
-                free(job->path);
-                free(job->name);
-                free(job);
+        if (!ref)
                 return;
-        }
-        call->daemon->image_jobs++;
-        return;
-fail:
-        api_reply_error(call->request, err);
-        moat_error_free(err);
-        free(job->path);
-        free(job->name);
-        free(job);
-}
-
-void api_images_delete(struct api_call *call)
-{
-        const char *name = call->params[0];
-        struct moat_error *err = NULL;
-
-        if (strcmp(name, IMAGE_HOST_NAME) == 0)
-                return api_reply_new_error(call->request, MOAT_ERROR_CONFLICT, NULL,
-                                           "the host image cannot be deleted");
-        if (sandbox_image_in_use(call->daemon, name))
-                return api_reply_new_error(call->request, MOAT_ERROR_CONFLICT, "image_in_use",
-                                           "image `%.64s` is used by a running sandbox", name);
-        if (image_store_delete(call->daemon, name, &err) < 0) {
+        image = image_store_find(call->daemon, ref, &err);
+        free(ref);
+        if (!image) {
                 api_reply_error(call->request, err);
                 moat_error_free(err);
                 return;
         }
-        api_reply_json(call->request, 200, json_pack("{s:s,s:b}", "name", name, "deleted", 1));
+        api_reply_json(call->request, 200, image_to_json(call->daemon, image));
+}
+
+void api_images_delete(struct api_call *call)
+{
+        struct moat_error *err = NULL;
+        char *ref = ref_of(call);
+
+        if (!ref)
+                return;
+        if (image_store_delete(call->daemon, ref, &err) < 0) {
+                api_reply_error(call->request, err);
+                moat_error_free(err);
+        } else {
+                api_reply_json(call->request, 200, json_pack("{s:s,s:b}", "name", ref, "deleted", 1));
+        }
+        free(ref);
+}
+
+void api_images_prune(struct api_call *call)
+{
+        struct moat_error *err = NULL;
+        json_t *result = image_store_prune(call->daemon, &err);
+
+        if (!result) {
+                api_reply_error(call->request, err);
+                moat_error_free(err);
+                return;
+        }
+        api_reply_json(call->request, 200, result);
+}
+
+/* ---- jobs that make a layer on a worker, then an image on the loop ---- */
+
+struct layer_job {
+        struct moatd *daemon;
+        struct api_hold *hold;
+        char images_dir[4096];
+        char *path, *name;
+        /* snapshot */
+        int upper_fd;
+        uid_t id_base;
+        char sandbox_id[64];
+        /* results */
+        char (*layers)[72]; /* the base image's, then the new one */
+        size_t layer_count;
+        json_t *config;
+        char parent[32];
+        uint64_t started_us;
+        struct moat_error *err;
+};
+
+static uint64_t monotonic_us(void)
+{
+        struct timespec now;
+
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        return (uint64_t)now.tv_sec * 1000000u + (uint64_t)now.tv_nsec / 1000u;
+}
+
+static void layer_job_free(struct layer_job *job)
+{
+        if (job->upper_fd >= 0)
+                close(job->upper_fd);
+        free(job->layers);
+        json_decref(job->config);
+        moat_error_free(job->err);
+        free(job->path);
+        free(job->name);
+        free(job);
+}
+
+static void on_job_client_gone(void *arg)
+{
+        struct layer_job *job = arg;
+
+        job->hold = NULL; /* the work finishes anyway */
+}
+
+static void import_run(void *arg)
+{
+        struct layer_job *job = arg;
+        uint64_t size;
+
+        if (layer_import_directory(job->images_dir, job->path, job->layers[job->layer_count - 1], &size,
+                                   &job->err) < 0)
+                return;
+}
+
+static void snapshot_run(void *arg)
+{
+        struct layer_job *job = arg;
+        uint64_t size;
+
+        layer_import_upper(job->images_dir, job->upper_fd, job->id_base, 65536, job->layers[job->layer_count - 1],
+                           &size, &job->err);
+        close(job->upper_fd);
+        job->upper_fd = -1;
+}
+
+static void layer_job_done(void *arg)
+{
+        struct layer_job *job = arg;
+        struct moatd *daemon = job->daemon;
+        struct image_record *image = NULL;
+
+        daemon->image_jobs--;
+        if (!job->err)
+                image_store_add(daemon, job->name, job->layers, job->layer_count, job->config,
+                                job->parent[0] ? job->parent : NULL, &image, &job->err);
+        if (job->err) {
+                log_warn("image %s: %s", job->name ? job->name : job->sandbox_id, job->err->message);
+                if (job->hold)
+                        api_hold_reply_error(job->hold, job->err);
+        } else {
+                json_t *body = image_to_json(daemon, image);
+
+                if (job->sandbox_id[0])
+                        json_object_set_new(body, "snapshot_ms", json_real((monotonic_us() - job->started_us) / 1e3));
+                log_info("image %s (%s) made from %s", image->id, job->name ? job->name : "no name",
+                         job->sandbox_id[0] ? job->sandbox_id : job->path);
+                if (job->hold)
+                        api_hold_reply_json(job->hold, 201, body);
+                else
+                        json_decref(body);
+        }
+        layer_job_free(job);
+        moatd_maybe_exit(daemon);
+}
+
+static struct layer_job *layer_job_new(struct api_call *call, size_t base_layers)
+{
+        struct layer_job *job = calloc(1, sizeof(*job));
+
+        if (!job)
+                return NULL;
+        job->daemon = call->daemon;
+        job->upper_fd = -1;
+        job->started_us = monotonic_us();
+        snprintf(job->images_dir, sizeof(job->images_dir), "%s", call->daemon->images_dir);
+        job->layers = calloc(base_layers + 1, sizeof(*job->layers));
+        job->layer_count = base_layers + 1;
+        if (!job->layers) {
+                free(job);
+                return NULL;
+        }
+        return job;
+}
+
+static void layer_job_submit(struct api_call *call, struct layer_job *job, void (*run)(void *))
+{
+        struct moat_error *err = NULL;
+
+        job->hold = api_hold_new(call->daemon, call->request, on_job_client_gone, job);
+        if (!job->hold) {
+                api_reply_new_error(call->request, MOAT_ERROR_INTERNAL, NULL, "out of memory");
+                layer_job_free(job);
+                return;
+        }
+        if (worker_pool_submit(call->daemon->workers, run, layer_job_done, job, &err) < 0) {
+                api_hold_reply_error(job->hold, err);
+                moat_error_free(err);
+                layer_job_free(job);
+                return;
+        }
+        call->daemon->image_jobs++;
+}
+
+void api_images_import(struct api_call *call)
+{
+        struct moat_error *err = NULL;
+        size_t length;
+        const char *body = api_body(call->request, &length);
+        struct layer_job *job = layer_job_new(call, 0);
+        struct stat st;
+
+        if (!job)
+                return api_reply_new_error(call->request, MOAT_ERROR_INTERNAL, NULL, "out of memory");
+        if (request_parse_image_import(body, length, &job->path, &job->name, &err) < 0)
+                goto fail;
+        if (strcmp(job->name, IMAGE_HOST_NAME) == 0 || strncmp(job->name, "img-", 4) == 0) {
+                moat_error_set(&err, MOAT_ERROR_CONFLICT, 0, NULL, "image name `%s` is reserved", job->name);
+                goto fail;
+        }
+        if (image_store_find(call->daemon, job->name, NULL)) {
+                moat_error_set(&err, MOAT_ERROR_CONFLICT, 0, NULL, "image `%s` exists", job->name);
+                goto fail;
+        }
+        if (stat(job->path, &st) < 0 || !S_ISDIR(st.st_mode)) {
+                moat_error_invalid(&err, "`%s` is not a directory", job->path);
+                goto fail;
+        }
+        job->config = json_object();
+        layer_job_submit(call, job, import_run);
+        return;
+fail:
+        api_reply_error(call->request, err);
+        moat_error_free(err);
+        layer_job_free(job);
+}
+
+/* POST /v1/sandboxes/{id}/snapshot {"name": optional}: the sandbox's
+ * filesystem as it is now (its image plus its changes, deletions included)
+ * becomes a new image. The sandbox keeps running. */
+void api_sandboxes_snapshot(struct api_call *call)
+{
+        struct moat_error *err = NULL;
+        size_t length;
+        const char *body = api_body(call->request, &length);
+        struct sandbox *s = sandbox_find(call->daemon, call->params[0]);
+        struct image_record *image;
+        struct layer_job *job;
+        json_t *root = NULL, *name;
+
+        if (!s)
+                return api_reply_new_error(call->request, MOAT_ERROR_NOT_FOUND, NULL, "no sandbox `%.64s`",
+                                           call->params[0]);
+        if (length) {
+                root = json_loadb(body, length, JSON_REJECT_DUPLICATES, NULL);
+                name = json_object_get(root, "name");
+                if (!json_is_object(root) || json_object_size(root) > (name ? 1u : 0u) ||
+                    (name && !json_is_null(name) &&
+                     (!json_is_string(name) || !request_image_name_valid(json_string_value(name))))) {
+                        json_decref(root);
+                        return api_reply_new_error(call->request, MOAT_ERROR_INVALID_ARGUMENT, NULL,
+                                                   "body: {\"name\": optional image name}");
+                }
+        }
+        if (s->state != SANDBOX_RUNNING || !s->cell) {
+                json_decref(root);
+                return api_reply_new_error(call->request, MOAT_ERROR_CONFLICT, "sandbox_not_running",
+                                           "sandbox %s is not running", s->id);
+        }
+        image = image_store_find(call->daemon, s->image_id, &err);
+        if (!image || image->layer_count >= IMAGE_LAYERS_MAX) {
+                json_decref(root);
+                if (!err)
+                        moat_error_set(&err, MOAT_ERROR_LIMIT_EXCEEDED, 0, NULL, "image %s has %d layers already",
+                                       s->image_id, IMAGE_LAYERS_MAX);
+                api_reply_error(call->request, err);
+                moat_error_free(err);
+                return;
+        }
+        job = layer_job_new(call, image->layer_count);
+        if (!job) {
+                json_decref(root);
+                return api_reply_new_error(call->request, MOAT_ERROR_INTERNAL, NULL, "out of memory");
+        }
+        memcpy(job->layers, image->layers, image->layer_count * sizeof(*job->layers));
+        job->config = json_incref(image->config);
+        snprintf(job->parent, sizeof(job->parent), "%s", image->id);
+        snprintf(job->sandbox_id, sizeof(job->sandbox_id), "%s", s->id);
+        job->id_base = s->host_id_base;
+        name = json_object_get(root, "name");
+        if (json_is_string(name) && !(job->name = strdup(json_string_value(name)))) {
+                json_decref(root);
+                layer_job_free(job);
+                return api_reply_new_error(call->request, MOAT_ERROR_INTERNAL, NULL, "out of memory");
+        }
+        json_decref(root);
+        sandbox_touch(s);
+        job->upper_fd = moat_cell_upper_open(s->cell, &err);
+        if (job->upper_fd < 0) {
+                api_reply_error(call->request, err);
+                moat_error_free(err);
+                layer_job_free(job);
+                return;
+        }
+        layer_job_submit(call, job, snapshot_run);
 }

@@ -10,6 +10,8 @@ struct worker_pool;
 struct sandbox;
 struct api_hold;
 struct moat_net;
+struct image_record;
+#include <jansson.h>
 
 struct moatd_options {
         const char *data_dir;
@@ -31,6 +33,8 @@ struct moatd {
         struct moat_net *net;
         struct worker_pool *workers;
         char images_dir[4096];
+        struct image_record *images; /* image_store.h: every image, loaded at start-up */
+        json_t *image_names;         /* {"name": "image id"} */
         double host_cores;
 
         struct sandbox *sandboxes; /* every record in memory, newest first */

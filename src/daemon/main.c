@@ -261,8 +261,8 @@ int main(int argc, char **argv)
         daemon.graveyard_event = event_new(daemon.base, -1, 0, on_graveyard, &daemon);
         if (!daemon.graveyard_event)
                 goto out;
-        image_store_remove_leftovers(&daemon);
-        if (sandbox_load_records(&daemon, &err) < 0 || image_host_ensure(&daemon, &err) < 0)
+        if (image_store_load(&daemon, &err) < 0 || sandbox_load_records(&daemon, &err) < 0 ||
+            image_host_ensure(&daemon, &err) < 0)
                 goto fail;
         /* After the reaping above: a crashed run's sandboxes are dead, so
          * what is left of their networks can be swept. */
@@ -304,6 +304,7 @@ out:
         if (daemon.graveyard_event)
                 event_free(daemon.graveyard_event);
         store_close(daemon.store);
+        image_store_free_all(&daemon);
         moat_net_free(daemon.net);
         moat_cell_runtime_free(daemon.runtime);
         if (daemon.base)

@@ -219,12 +219,15 @@ bool request_image_name_valid(const char *name)
 {
         size_t length = strlen(name);
 
-        if (length == 0 || length > REQUEST_IMAGE_NAME_MAX)
+        /* "debian:bookworm", "127.0.0.1:5000/team/app:v2", "app@sha256:...":
+         * registry references as users write them. Names are keys, never
+         * paths, but still: no "..", no "//", no leading separator. */
+        if (length == 0 || length > REQUEST_IMAGE_NAME_MAX || strstr(name, "..") || strstr(name, "//"))
                 return false;
         if (!(islower((unsigned char)name[0]) || isdigit((unsigned char)name[0])))
                 return false;
         for (const char *p = name; *p; p++)
-                if (!(islower((unsigned char)*p) || isdigit((unsigned char)*p) || *p == '.' || *p == '_' || *p == '-'))
+                if (!(islower((unsigned char)*p) || isdigit((unsigned char)*p) || strchr("._-:/@", *p)))
                         return false;
         return true;
 }
@@ -300,12 +303,10 @@ static int parse_sandbox_fields(json_t *root, double host_cores, struct sandbox_
         if (get_string(root, "workdir", REQUEST_WORKDIR_MAX, &r->workdir, err) < 0 ||
             check_workdir(r->workdir, err) < 0)
                 return -1;
-        if (!r->workdir && !(r->workdir = strdup("/")))
-                return moat_error_set(err, MOAT_ERROR_INTERNAL, ENOMEM, NULL, "strdup");
+        /* Absent workdir and user stay NULL: the image's config, then "/" and
+         * "root", fill them in at create (sandbox.c). */
         if (get_string(root, "user", REQUEST_USER_MAX, &r->user, err) < 0 || check_user(r->user, err) < 0)
                 return -1;
-        if (!r->user && !(r->user = strdup("root")))
-                return moat_error_set(err, MOAT_ERROR_INTERNAL, ENOMEM, NULL, "strdup");
 
         value = json_object_get(root, "entrypoint");
         if (value && !json_is_null(value)) {

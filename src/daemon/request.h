@@ -25,7 +25,7 @@
 #define REQUEST_WORKDIR_MAX 4096
 #define REQUEST_USER_MAX 64
 #define REQUEST_EXEC_TAG_MAX 64
-#define REQUEST_IMAGE_NAME_MAX 64
+#define REQUEST_IMAGE_NAME_MAX 200
 #define REQUEST_SECONDS_MAX 86400
 
 struct sandbox_request {
@@ -81,7 +81,7 @@ int request_signal_from_name(const char *name);
 /* {"path": "/abs/dir", "name": "x"}; the path's existence is checked later. */
 int request_parse_image_import(const char *body, size_t length, char **ret_path, char **ret_name,
                                struct moat_error **err);
-/* [a-z0-9][a-z0-9._-]{0,63} */
+/* [a-z0-9][a-z0-9._:/@-]{0,199}, no ".." or "//" */
 bool request_image_name_valid(const char *name);
 
 /* `?timeout=S`: a number of seconds in [0, 86400]. */

@@ -737,7 +737,7 @@ struct create_job {
         struct sandbox *sandbox;
         struct moat_cell_runtime *runtime;
         struct moat_cell_config config;
-        char rootfs[PATH_MAX];
+        char lowers[MOAT_CELL_LOWER_MAX][PATH_MAX];
         struct moat_net *net_runtime;
         const struct net_policy *policy; /* the sandbox's request: nobody changes it while the job runs */
         struct moat_net_sandbox *net;
@@ -884,6 +884,34 @@ static void on_create_client_gone(void *arg)
         s->create_abandoned = true; /* deleted once built: see reply_created() */
 }
 
+/* The image's config under the request's: its env (the request's keys win),
+ * its workdir and user where the request names none. */
+static int apply_image_config(struct sandbox *s, const struct image_record *image, struct moat_error **err)
+{
+        json_t *env = json_object_get(image->config, "env"), *entry;
+        const char *workdir = image_config_string(image, "workdir"), *user = image_config_string(image, "user");
+        size_t index;
+
+        json_array_foreach(env, index, entry) {
+                const char *text = json_string_value(entry), *equals = text ? strchr(text, '=') : NULL;
+                char key[256];
+
+                if (!equals || (size_t)(equals - text) >= sizeof(key))
+                        continue;
+                memcpy(key, text, (size_t)(equals - text));
+                key[equals - text] = '\0';
+                if (request_env_key_valid(key) && !json_object_get(s->config.env, key))
+                        json_object_set_new(s->config.env, key, json_string(equals + 1));
+        }
+        if (!s->config.workdir)
+                s->config.workdir = strdup(workdir && workdir[0] == '/' ? workdir : "/");
+        if (!s->config.user)
+                s->config.user = strdup(user && user[0] ? user : "root");
+        if (!s->config.workdir || !s->config.user)
+                return moat_error_set(err, MOAT_ERROR_INTERNAL, ENOMEM, NULL, "strdup");
+        return 0;
+}
+
 void sandbox_create(struct moatd *daemon, struct sandbox_request *config, struct evhttp_request *request)
 {
         struct moat_error *err = NULL;
@@ -891,6 +919,9 @@ void sandbox_create(struct moatd *daemon, struct sandbox_request *config, struct
         struct create_job *job = NULL;
         struct store_sandbox_row row;
         _cleanup_free_ char *config_text = NULL, *tags_text = NULL;
+        struct image_record *image;
+        unsigned lower_count = 0;
+        bool host_usr = false;
 
         if (daemon->live_count >= daemon->options.max_sandboxes) {
                 moat_error_set(&err, MOAT_ERROR_LIMIT_EXCEEDED, 0, NULL, "%u sandboxes are running already",
@@ -908,10 +939,13 @@ void sandbox_create(struct moatd *daemon, struct sandbox_request *config, struct
         s->create_started_us = monotonic_us();
         s->config = *config;
         memset(config, 0, sizeof(*config));
-        if (image_store_rootfs(daemon, s->config.image, job->rootfs, &err) < 0 ||
-            moat_id_generate("sb-", s->id, &err) < 0 || pick_host_id_base(daemon, &s->host_id_base, &err) < 0)
+        image = image_store_find(daemon, s->config.image, &err);
+        if (!image || image_store_lowers(daemon, image, job->lowers, &lower_count, &host_usr, &err) < 0 ||
+            apply_image_config(s, image, &err) < 0 || moat_id_generate("sb-", s->id, &err) < 0 ||
+            pick_host_id_base(daemon, &s->host_id_base, &err) < 0)
                 goto fail;
-        s->shell = strdup(image_store_shell(daemon, s->config.image));
+        snprintf(s->image_id, sizeof(s->image_id), "%s", image->id);
+        s->shell = strdup(image_store_shell(daemon, image));
         s->state = SANDBOX_CREATING;
         s->created_at = moatd_now_ms();
         s->expires_at = s->created_at + (int64_t)s->config.timeout_s * 1000;
@@ -935,9 +969,8 @@ void sandbox_create(struct moatd *daemon, struct sandbox_request *config, struct
         job->config = (struct moat_cell_config){
                 .id = s->id,
                 .hostname = "sandbox",
-                .lowers = {job->rootfs},
-                .lower_count = 1,
-                .bind_host_usr = strcmp(s->config.image, IMAGE_HOST_NAME) == 0,
+                .lower_count = lower_count,
+                .bind_host_usr = host_usr,
                 .memory_bytes = (uint64_t)s->config.memory_mib << 20,
                 .disk_bytes = (uint64_t)s->config.disk_mib << 20,
                 .pids_max = s->config.pids,
@@ -945,6 +978,8 @@ void sandbox_create(struct moatd *daemon, struct sandbox_request *config, struct
                 .host_id_base = s->host_id_base,
                 .id_count = SANDBOX_ID_COUNT,
         };
+        for (unsigned i = 0; i < lower_count; i++)
+                job->config.lowers[i] = job->lowers[i];
         s->create_hold = api_hold_new(daemon, request, on_create_client_gone, s);
         if (!s->create_hold) {
                 store_delete_sandbox(daemon->store, s->id, NULL);
@@ -1108,10 +1143,10 @@ void sandbox_stop_all(struct moatd *daemon)
         }
 }
 
-bool sandbox_image_in_use(struct moatd *daemon, const char *name)
+bool sandbox_image_in_use(struct moatd *daemon, const char *image_id)
 {
         for (struct sandbox *s = daemon->sandboxes; s; s = s->next)
-                if (strcmp(s->config.image, name) == 0 &&
+                if (strcmp(s->image_id, image_id) == 0 &&
                     (s->state != SANDBOX_STOPPED || s->cell || s->tearing_down || s->create_in_flight))
                         return true;
         return false;

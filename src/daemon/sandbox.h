@@ -54,6 +54,7 @@ struct sandbox {
         bool has_exit_code;
         int exit_code;
         struct sandbox_request config;
+        char image_id[32]; /* what config.image resolved to at create */
         char *shell; /* "bash" or "sh": what /run's `cmd` runs with */
         uint32_t host_id_base;
         int64_t created_at, ended_at, expires_at, last_activity;
@@ -111,5 +112,5 @@ void sandbox_free_all(struct moatd *daemon);
 int sandbox_set_network(struct sandbox *sandbox, const struct net_policy *policy, struct moat_error **err);
 /* GET /v1/sandboxes/{id}/metrics */
 json_t *sandbox_metrics_json(struct sandbox *sandbox);
-/* True if a sandbox that is not torn down yet uses image `name`. */
+/* True if a sandbox that is not torn down yet uses image `image_id`. */
 bool sandbox_image_in_use(struct moatd *daemon, const char *name);

@@ -62,8 +62,8 @@ static void test_sandbox_defaults(void **state)
         assert_int_equal(r.pids, 512);
         assert_int_equal(r.timeout_s, 300);
         assert_int_equal(r.idle_timeout_s, 0);
-        assert_string_equal(r.workdir, "/");
-        assert_string_equal(r.user, "root");
+        assert_null(r.workdir); /* the image's, else "/" and "root", at create */
+        assert_null(r.user);
         assert_int_equal(json_object_size(r.env), 0);
         assert_int_equal(json_object_size(r.tags), 0);
         assert_null(r.entrypoint);

@@ -397,6 +397,7 @@ static const struct route routes[] = {
         {EVHTTP_REQ_GET, "v1/images", api_images_list},
         {EVHTTP_REQ_POST, "v1/images/import", api_images_import, true},
         {EVHTTP_REQ_POST, "v1/images/prune", api_images_prune},
+        {EVHTTP_REQ_POST, "v1/images/pull", api_images_pull, true},
         {EVHTTP_REQ_GET, "v1/images/*", api_images_get},
         {EVHTTP_REQ_DELETE, "v1/images/*", api_images_delete},
 };

@@ -81,4 +81,5 @@ void api_images_import(struct api_call *call);
 void api_images_delete(struct api_call *call);
 void api_images_get(struct api_call *call);
 void api_images_prune(struct api_call *call);
+void api_images_pull(struct api_call *call);
 void api_sandboxes_snapshot(struct api_call *call);

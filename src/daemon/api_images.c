@@ -3,6 +3,9 @@
  * into an image. Blocking work runs on workers; the records change only here,
  * on the loop. */
 #include <errno.h>
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <limits.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,6 +14,8 @@
 
 #include "api.h"
 #include "cell/cell.h"
+#include "encoding.h"
+#include "image_debian.h"
 #include "image_store.h"
 #include "log.h"
 #include "request.h"
@@ -329,4 +334,221 @@ void api_sandboxes_snapshot(struct api_call *call)
                 return;
         }
         layer_job_submit(call, job, snapshot_run);
+}
+
+/* ---- POST /v1/images/pull: NDJSON progress, then the image ---- */
+
+struct pull_job {
+        struct moatd *daemon;
+        struct api_hold *hold;
+        int pipe[2]; /* worker's progress lines -> loop */
+        struct event *progress_event;
+        struct evbuffer *partial; /* a progress line not finished yet */
+        char images_dir[4096];
+        char *ref, *name;
+        char release[32];
+        bool slim;
+        char layer_id[72];
+        json_t *config;
+        struct moat_error *err;
+};
+
+static void pull_send(struct pull_job *job, json_t *event)
+{
+        struct evbuffer *buffer;
+        char *text;
+
+        if (!event)
+                return;
+        text = json_dumps(event, JSON_COMPACT);
+        json_decref(event);
+        if (!text || !job->hold || !(buffer = evbuffer_new())) {
+                free(text);
+                return;
+        }
+        evbuffer_add_printf(buffer, "%s\n", text);
+        free(text);
+        api_hold_stream_chunk(job->hold, buffer, NULL, NULL);
+        evbuffer_free(buffer);
+}
+
+/* Forward whole lines the worker wrote as {"progress": "..."}. */
+static void pull_drain(struct pull_job *job)
+{
+        char chunk[4096];
+        ssize_t n;
+
+        while ((n = read(job->pipe[0], chunk, sizeof(chunk))) > 0)
+                evbuffer_add(job->partial, chunk, (size_t)n);
+        for (;;) {
+                size_t length;
+                char *line = evbuffer_readln(job->partial, &length, EVBUFFER_EOL_LF);
+
+                if (!line)
+                        break;
+                if (length > 0 && encoding_utf8_valid((const uint8_t *)line, length))
+                        pull_send(job, json_pack("{s:s}", "progress", line));
+                free(line);
+        }
+        /* A runaway line without a newline is cut, not buffered forever. */
+        if (evbuffer_get_length(job->partial) > 64 * 1024)
+                evbuffer_drain(job->partial, evbuffer_get_length(job->partial));
+}
+
+static void on_pull_progress(evutil_socket_t fd, short what, void *arg)
+{
+        pull_drain(arg);
+}
+
+static void pull_run(void *arg)
+{
+        struct pull_job *job = arg;
+        char rootfs[PATH_MAX];
+        uint64_t size;
+
+        if (job->release[0]) {
+                if (image_debian_build(IMAGE_DEBIAN_CACHE_DEFAULT, job->release, job->slim, job->pipe[1], rootfs,
+                                       &job->err) < 0)
+                        return;
+                (void)!write(job->pipe[1], "importing the tree as a layer\n", 30);
+                if (layer_import_directory(job->images_dir, rootfs, job->layer_id, &size, &job->err) < 0)
+                        return;
+                job->config = json_pack("{s:[s], s:s}", "env",
+                                        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                                        "workdir", "/");
+                return;
+        }
+        moat_error_set(&job->err, MOAT_ERROR_INVALID_ARGUMENT, 0, "unsupported_reference",
+                       "cannot pull `%s`: only debian:<release>[-slim] is supported", job->ref);
+}
+
+static void pull_job_free(struct pull_job *job)
+{
+        if (job->progress_event)
+                event_free(job->progress_event);
+        if (job->partial)
+                evbuffer_free(job->partial);
+        for (int i = 0; i < 2; i++)
+                if (job->pipe[i] >= 0)
+                        close(job->pipe[i]);
+        json_decref(job->config);
+        moat_error_free(job->err);
+        free(job->ref);
+        free(job->name);
+        free(job);
+}
+
+static void pull_done(void *arg)
+{
+        struct pull_job *job = arg;
+        struct moatd *daemon = job->daemon;
+        struct image_record *image = NULL;
+
+        daemon->image_jobs--;
+        close(job->pipe[1]);
+        job->pipe[1] = -1;
+        pull_drain(job);
+        if (!job->err)
+                image_store_add(daemon, job->name, &job->layer_id, 1, job->config, NULL, &image, &job->err);
+        if (job->err) {
+                log_warn("pull %s: %s", job->ref, job->err->message);
+                pull_send(job, json_pack("{s:{s:s,s:s}}", "error", "code", job->err->code, "message",
+                                         job->err->message));
+        } else {
+                log_info("image %s pulled as %s (%s)", job->ref, job->name, image->id);
+                pull_send(job, json_pack("{s:o}", "image", image_to_json(daemon, image)));
+        }
+        if (job->hold)
+                api_hold_stream_end(job->hold);
+        pull_job_free(job);
+        moatd_maybe_exit(daemon);
+}
+
+static void on_pull_client_gone(void *arg)
+{
+        struct pull_job *job = arg;
+
+        job->hold = NULL; /* the pull finishes anyway, and is cached */
+}
+
+void api_images_pull(struct api_call *call)
+{
+        static const char *const fields[] = {"ref", "name", NULL};
+        struct moat_error *err = NULL;
+        size_t length;
+        const char *body = api_body(call->request, &length);
+        struct pull_job *job = calloc(1, sizeof(*job));
+        json_t *root = NULL, *ref, *name;
+        const char *key;
+        json_t *value;
+
+        if (!job)
+                return api_reply_new_error(call->request, MOAT_ERROR_INTERNAL, NULL, "out of memory");
+        job->pipe[0] = job->pipe[1] = -1;
+        job->daemon = call->daemon;
+        snprintf(job->images_dir, sizeof(job->images_dir), "%s", call->daemon->images_dir);
+        root = json_loadb(body, length, JSON_REJECT_DUPLICATES, NULL);
+        ref = json_object_get(root, "ref");
+        name = json_object_get(root, "name");
+        if (!json_is_object(root) || !json_is_string(ref) || !request_image_name_valid(json_string_value(ref)) ||
+            (name && !json_is_null(name) &&
+             (!json_is_string(name) || !request_image_name_valid(json_string_value(name))))) {
+                moat_error_invalid(&err, "body: {\"ref\": \"debian:bookworm-slim\", \"name\": optional}");
+                goto fail;
+        }
+        json_object_foreach(root, key, value) {
+                bool known = false;
+
+                for (const char *const *f = fields; *f; f++)
+                        known |= strcmp(*f, key) == 0;
+                if (!known) {
+                        moat_error_invalid(&err, "unknown field `%.64s`", key);
+                        goto fail;
+                }
+        }
+        job->ref = strdup(json_string_value(ref));
+        job->name = strdup(json_is_string(name) ? json_string_value(name) : json_string_value(ref));
+        if (!job->ref || !job->name) {
+                moat_error_set(&err, MOAT_ERROR_INTERNAL, ENOMEM, NULL, "out of memory");
+                goto fail;
+        }
+        if (strcmp(job->name, IMAGE_HOST_NAME) == 0 || strncmp(job->name, "img-", 4) == 0) {
+                moat_error_set(&err, MOAT_ERROR_CONFLICT, 0, NULL, "image name `%s` is reserved", job->name);
+                goto fail;
+        }
+        if (!image_debian_ref(job->ref, job->release, &job->slim)) {
+                moat_error_set(&err, MOAT_ERROR_INVALID_ARGUMENT, 0, "unsupported_reference",
+                               "cannot pull `%s`: expected debian:<release>[-slim]", job->ref);
+                goto fail;
+        }
+        if (pipe2(job->pipe, O_CLOEXEC) < 0 || fcntl(job->pipe[0], F_SETFL, O_NONBLOCK) < 0 ||
+            !(job->partial = evbuffer_new()) ||
+            !(job->progress_event = event_new(call->daemon->base, job->pipe[0], EV_READ | EV_PERSIST,
+                                              on_pull_progress, job)) ||
+            event_add(job->progress_event, NULL) < 0) {
+                moat_error_system(&err, errno, "progress pipe");
+                goto fail;
+        }
+        job->hold = api_hold_new(call->daemon, call->request, on_pull_client_gone, job);
+        if (!job->hold) {
+                moat_error_set(&err, MOAT_ERROR_INTERNAL, ENOMEM, NULL, "out of memory");
+                goto fail;
+        }
+        if (worker_pool_submit(call->daemon->workers, pull_run, pull_done, job, &err) < 0) {
+                api_hold_reply_error(job->hold, err);
+                moat_error_free(err);
+                pull_job_free(job);
+                json_decref(root);
+                return;
+        }
+        call->daemon->image_jobs++;
+        api_hold_stream_start(job->hold, "application/x-ndjson");
+        pull_send(job, json_pack("{s:s}", "progress", "pulling"));
+        json_decref(root);
+        return;
+fail:
+        api_reply_error(call->request, err);
+        moat_error_free(err);
+        json_decref(root);
+        pull_job_free(job);
 }

@@ -45,6 +45,9 @@ static const char *const layer_media_types[] = {
 
 #define MAX_INDEX_DEPTH 2
 
+/* jansson provides json_decrefp. */
+#define _cleanup_json_ __attribute__((cleanup(json_decrefp)))
+
 static int image_error(struct moat_error **err, const char *code, const char *fmt, ...)
         __attribute__((format(printf, 3, 4)));
 static int image_error(struct moat_error **err, const char *code, const char *fmt, ...)
@@ -413,21 +416,18 @@ static int layer_media_type_supported(const char *media_type)
 /* OCI layout: index.json -> [index ->] manifest -> config + layers. */
 static int image_load_oci(struct oci_image *image, int dir_fd, const char *tag, struct moat_error **err)
 {
-        json_t *layout = image_read_json(dir_fd, "oci-layout", NULL, -1, err);
-        json_t *index = NULL, *manifest = NULL, *descriptor, *layers, *config_descriptor;
+        _cleanup_json_ json_t *layout = image_read_json(dir_fd, "oci-layout", NULL, -1, err);
+        _cleanup_json_ json_t *index = NULL, *manifest = NULL;
+        json_t *descriptor, *layers, *config_descriptor;
         const char *media_type, *hex;
         char relative[128];
-        int r = -1;
         size_t i;
 
         if (!layout)
                 return -1;
         if (!json_string_at(layout, "imageLayoutVersion") ||
-            strcmp(json_string_at(layout, "imageLayoutVersion"), "1.0.0") != 0) {
-                json_decref(layout);
+            strcmp(json_string_at(layout, "imageLayoutVersion"), "1.0.0") != 0)
                 return image_error(err, OCI_ERROR_BAD_IMAGE, "image: unsupported oci-layout version");
-        }
-        json_decref(layout);
         /* index.json is the one file that is not content-addressed. */
         index = image_read_json(dir_fd, "index.json", NULL, -1, err);
         if (!index)
@@ -435,29 +435,29 @@ static int image_load_oci(struct oci_image *image, int dir_fd, const char *tag, 
         for (int depth = 0;; depth++) {
                 descriptor = index_choose(index, depth == 0 ? tag : NULL, err);
                 if (!descriptor)
-                        goto out;
+                        return -1;
                 media_type = json_string_at(descriptor, "mediaType");
                 if (digest_hex(json_string_at(descriptor, "digest"), &hex, err) < 0)
-                        goto out;
+                        return -1;
                 snprintf(relative, sizeof(relative), "blobs/sha256/%s", hex);
                 if (media_type_is(media_type, MEDIA_OCI_MANIFEST, MEDIA_DOCKER_MANIFEST)) {
                         manifest = image_read_json(dir_fd, relative, hex, descriptor_size(descriptor), err);
                         if (!manifest)
-                                goto out;
+                                return -1;
                         break;
                 }
                 if (!media_type_is(media_type, MEDIA_OCI_INDEX, MEDIA_DOCKER_LIST)) {
                         image_error(err, OCI_ERROR_UNSUPPORTED_MEDIA_TYPE, "image: manifest media type `%.100s`",
                                     media_type ?: "(none)");
-                        goto out;
+                        return -1;
                 }
                 if (depth + 1 >= MAX_INDEX_DEPTH) {
                         image_error(err, OCI_ERROR_BAD_IMAGE, "image: indexes nested too deep");
-                        goto out;
+                        return -1;
                 }
                 json_t *nested = image_read_json(dir_fd, relative, hex, descriptor_size(descriptor), err);
                 if (!nested)
-                        goto out;
+                        return -1;
                 json_decref(index);
                 index = nested;
         }
@@ -467,22 +467,22 @@ static int image_load_oci(struct oci_image *image, int dir_fd, const char *tag, 
         if (!media_type_is(media_type, MEDIA_OCI_CONFIG, MEDIA_DOCKER_CONFIG)) {
                 image_error(err, OCI_ERROR_UNSUPPORTED_MEDIA_TYPE, "image: config media type `%.100s`",
                             media_type ?: "(none)");
-                goto out;
+                return -1;
         }
         if (digest_hex(json_string_at(config_descriptor, "digest"), &hex, err) < 0)
-                goto out;
+                return -1;
         snprintf(relative, sizeof(relative), "blobs/sha256/%s", hex);
         image->config = image_read_json(dir_fd, relative, hex, descriptor_size(config_descriptor), err);
         if (!image->config)
-                goto out;
+                return -1;
 
         layers = json_object_get(manifest, "layers");
         if (!json_is_array(layers)) {
                 image_error(err, OCI_ERROR_BAD_IMAGE, "image: manifest without layers");
-                goto out;
+                return -1;
         }
         if (image_allocate_layers(image, json_array_size(layers), err) < 0)
-                goto out;
+                return -1;
         json_array_foreach(layers, i, descriptor) {
                 struct oci_image_layer *layer = &image->layers[i];
                 _cleanup_close_ int fd = -1;
@@ -491,24 +491,20 @@ static int image_load_oci(struct oci_image *image, int dir_fd, const char *tag, 
                 if (!layer_media_type_supported(media_type)) {
                         image_error(err, OCI_ERROR_UNSUPPORTED_MEDIA_TYPE, "image: layer %zu media type `%.100s`", i,
                                     media_type ?: "(none)");
-                        goto out;
+                        return -1;
                 }
                 if (digest_hex(json_string_at(descriptor, "digest"), &hex, err) < 0)
-                        goto out;
+                        return -1;
                 snprintf(relative, sizeof(relative), "blobs/sha256/%s", hex);
                 snprintf(layer->digest, sizeof(layer->digest), "sha256:%s", hex);
                 snprintf(layer->media_type, sizeof(layer->media_type), "%s", media_type);
                 if (image_set_layer_path(image, layer, relative, err) < 0)
-                        goto out;
+                        return -1;
                 fd = image_open_file(dir_fd, relative, err);
                 if (fd < 0 || image_verify_file(fd, relative, hex, descriptor_size(descriptor), &layer->size, err) < 0)
-                        goto out;
+                        return -1;
         }
-        r = image_parse_config(image, err);
-out:
-        json_decref(index);
-        json_decref(manifest);
-        return r;
+        return image_parse_config(image, err);
 }
 
 static bool docker_entry_has_tag(json_t *entry, const char *tag)
@@ -547,17 +543,17 @@ static const char *docker_name_hex(const char *path, char hex[SHA256_HEX_LENGTH 
  * uncompressed tar), so they are verified against the config's diff_ids. */
 static int image_load_docker(struct oci_image *image, int dir_fd, const char *tag, struct moat_error **err)
 {
-        json_t *manifest = image_read_json(dir_fd, "manifest.json", NULL, -1, err), *entry = NULL, *item, *layers;
+        _cleanup_json_ json_t *manifest = image_read_json(dir_fd, "manifest.json", NULL, -1, err);
+        json_t *entry = NULL, *item, *layers;
         const char *config_path, *expected;
         char hex[SHA256_HEX_LENGTH + 1];
-        int r = -1;
         size_t i;
 
         if (!manifest)
                 return -1;
         if (!json_is_array(manifest) || json_array_size(manifest) == 0) {
                 image_error(err, OCI_ERROR_BAD_IMAGE, "image: manifest.json is not a non-empty array");
-                goto out;
+                return -1;
         }
         json_array_foreach(manifest, i, item) {
                 if (!tag || docker_entry_has_tag(item, tag)) {
@@ -568,46 +564,43 @@ static int image_load_docker(struct oci_image *image, int dir_fd, const char *ta
         if (!entry) {
                 moat_error_set(err, MOAT_ERROR_NOT_FOUND, 0, OCI_ERROR_TAG_NOT_FOUND, "image: no image tagged `%.200s`",
                                tag);
-                goto out;
+                return -1;
         }
         config_path = json_string_at(entry, "Config");
         if (relative_path_check(config_path, err) < 0)
-                goto out;
+                return -1;
         if (!docker_name_hex(config_path, hex)) {
                 image_error(err, OCI_ERROR_BAD_IMAGE, "image: config `%.200s` is not named by its digest", config_path);
-                goto out;
+                return -1;
         }
         image->config = image_read_json(dir_fd, config_path, hex, -1, err);
         if (!image->config)
-                goto out;
+                return -1;
         layers = json_object_get(entry, "Layers");
         if (!json_is_array(layers)) {
                 image_error(err, OCI_ERROR_BAD_IMAGE, "image: manifest.json entry without Layers");
-                goto out;
+                return -1;
         }
         if (image_allocate_layers(image, json_array_size(layers), err) < 0)
-                goto out;
+                return -1;
         /* diff_ids first: they are what classic layer.tar files are checked against. */
         if (image_parse_config(image, err) < 0)
-                goto out;
+                return -1;
         json_array_foreach(layers, i, item) {
                 struct oci_image_layer *layer = &image->layers[i];
                 const char *path = json_string_value(item);
                 _cleanup_close_ int fd = -1;
 
                 if (relative_path_check(path, err) < 0 || image_set_layer_path(image, layer, path, err) < 0)
-                        goto out;
+                        return -1;
                 expected = docker_name_hex(path, hex) ?: layer->diff_id + 7;
                 snprintf(layer->digest, sizeof(layer->digest), "sha256:%s", expected);
                 snprintf(layer->media_type, sizeof(layer->media_type), "%s", MEDIA_DOCKER_LAYER_TAR);
                 fd = image_open_file(dir_fd, path, err);
                 if (fd < 0 || image_verify_file(fd, path, expected, -1, &layer->size, err) < 0)
-                        goto out;
+                        return -1;
         }
-        r = 0;
-out:
-        json_decref(manifest);
-        return r;
+        return 0;
 }
 
 int oci_image_load(const char *dir, const char *tag, struct oci_image **ret, struct moat_error **err)

@@ -148,6 +148,16 @@ static bool host_valid(const char *host)
                       (*p >= '0' && *p <= '9') || *p == '.' || *p == '-' || *p == ':' ||
                       *p == '[' || *p == ']'))
                         return false;
+        /* A port is digits only: "a:tag/x" is a bad reference, not host "a:tag". */
+        const char *port = host[0] == '[' ? strstr(host, "]") : host;
+        if (!port)
+                return false;
+        port = strchr(port, ':');
+        if (port && (port[1] == '\0' || strspn(port + 1, "0123456789") != strlen(port + 1) ||
+                     strlen(port + 1) > 5))
+                return false;
+        if (host[0] == '[' && strchr(host, ']')[1] != '\0' && strchr(host, ']')[1] != ':')
+                return false;
         return true;
 }
 
@@ -227,7 +237,7 @@ int registry_reference_parse(const char *reference, struct registry_reference *r
 static bool is_token_char(char c)
 {
         return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-               strchr("!#$%&'*+-.^_`|~", c) != NULL;
+               (c != '\0' && strchr("!#$%&'*+-.^_`|~", c) != NULL); /* strchr also finds the NUL */
 }
 
 int registry_challenge_parse(const char *header, struct registry_challenge *ret,

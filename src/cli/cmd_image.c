@@ -1,50 +1,119 @@
-/* moat image ls / import / rm. */
+/* moat image ls / inspect / rm / prune / pull / import. */
+#include <curl/curl.h>
+#include <errno.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "cli.h"
 #include "common/cleanup.h"
 #include "output.h"
 
-static const char image_usage[] = "Usage: moat image ls [--json]\n"
-                                   "       moat image import DIR NAME   copy a root filesystem directory into the store\n"
-                                   "       moat image rm NAME\n";
+static const char image_usage[] =
+        "Usage: moat image ls [--json]               images, their layers and sizes, and disk use\n"
+        "       moat image inspect REF               one image as JSON (REF: a name or an img-… id)\n"
+        "       moat image rm REF...                 remove names (by id: every name of the image)\n"
+        "       moat image prune [--json]            remove unnamed images and unused layers\n"
+        "       moat image pull REF [--name NAME]    e.g. debian:bookworm-slim; prints the image id\n"
+        "       moat image import DIR NAME           copy a root filesystem directory into the store\n";
 
-static int image_ls(struct moat_cli *cli, struct moat_client *client, bool json)
+/* Bound on one line of the pull stream: a progress line is a line of
+ * debootstrap's output, the last one an image object; a hostile or broken
+ * server cannot make us buffer without limit. */
+#define IMAGE_PULL_LINE_MAX (1u << 20)
+
+/* "/v1/images/<ref %-encoded>": names hold ':' and '/', which must not
+ * become route separators. NULL on allocation failure. */
+static char *image_path(const char *ref)
+{
+        _cleanup_free_ char *segment = moat_client_escape_segment(ref);
+        char *path = NULL;
+
+        if (!segment || asprintf(&path, "/v1/images/%s", segment) < 0)
+                return NULL;
+        return path;
+}
+
+static void format_size(json_int_t bytes, char *buffer, size_t size)
+{
+        static const char *const units[] = { "B", "KiB", "MiB", "GiB", "TiB" };
+        double value = (double)bytes;
+        size_t unit = 0;
+
+        while (value >= 1024.0 && unit + 1 < MOAT_ARRAY_SIZE(units)) {
+                value /= 1024.0;
+                unit++;
+        }
+        if (unit == 0)
+                snprintf(buffer, size, "%lldB", (long long)bytes);
+        else
+                snprintf(buffer, size, "%.1f%s", value, units[unit]);
+}
+
+static int image_ls(struct moat_client *client, bool json)
 {
         struct moat_error *err = NULL;
         json_auto_t *response = NULL;
         struct moat_table table;
-        json_t *image;
+        json_t *image, *usage;
+        time_t now = time(NULL);
+        char disk[32];
         size_t index;
 
         if (moat_client_request(client, "GET", "/v1/images", NULL, &response, &err) < 0)
                 return moat_cli_fail(err);
         if (json) {
-                json_t *images = json_object_get(response, "images");
-                json_auto_t *empty = json_array();
-
-                moat_output_json(images ? images : empty, stdout);
+                moat_output_json(response, stdout);
                 return 0;
         }
-        if (moat_table_init(&table, 4, (const char *[]){ "NAME", "ID", "SIZE", "CREATED" }) < 0)
+        if (moat_table_init(&table, 5, (const char *[]){ "NAME", "ID", "LAYERS", "SIZE", "CREATED" }) < 0)
                 return moat_cli_fail(NULL);
         json_array_foreach(json_object_get(response, "images"), index, image) {
-                char size[32];
+                json_t *names = json_object_get(image, "names");
+                time_t created = moat_output_parse_timestamp(json_string_value(json_object_get(image, "created_at")));
+                char size[32], layers[16], age[32] = "?";
+                size_t name_count = json_array_size(names);
 
-                snprintf(size, sizeof(size), "%.1fMiB",
-                         (double)json_integer_value(json_object_get(image, "size")) / (1024.0 * 1024.0));
-                moat_table_add(&table, (const char *[]){
-                                               json_string_value(json_object_get(image, "name")),
-                                               json_string_value(json_object_get(image, "id")),
-                                               size,
-                                               json_string_value(json_object_get(image, "created_at")),
-                                       });
+                format_size(json_integer_value(json_object_get(image, "size")), size, sizeof(size));
+                snprintf(layers, sizeof(layers), "%zu", json_array_size(json_object_get(image, "layers")));
+                if (created >= 0) {
+                        moat_output_format_age(now - created, age, sizeof(age));
+                        strncat(age, " ago", sizeof(age) - strlen(age) - 1);
+                }
+                /* One row per name, so every tag is visible; "<none>" for an
+                 * unnamed image (a snapshot without a name: prune removes it). */
+                for (size_t n = 0; n < (name_count ? name_count : 1); n++)
+                        moat_table_add(&table, (const char *[]){
+                                                       name_count ? json_string_value(json_array_get(names, n))
+                                                                  : "<none>",
+                                                       json_string_value(json_object_get(image, "id")),
+                                                       layers,
+                                                       size,
+                                                       age,
+                                               });
         }
         moat_table_print(&table, stdout);
         moat_table_release(&table);
+        usage = json_object_get(response, "disk_usage");
+        format_size(json_integer_value(json_object_get(usage, "bytes")), disk, sizeof(disk));
+        printf("\ndisk usage: %lld layers, %s\n", (long long)json_integer_value(json_object_get(usage, "layers")),
+               disk);
+        return 0;
+}
+
+static int image_inspect(struct moat_client *client, const char *ref)
+{
+        _cleanup_free_ char *path = image_path(ref);
+        struct moat_error *err = NULL;
+        json_auto_t *image = NULL;
+
+        if (!path)
+                return moat_cli_fail(NULL);
+        if (moat_client_request(client, "GET", path, NULL, &image, &err) < 0)
+                return moat_cli_fail(err);
+        moat_output_json(image, stdout);
         return 0;
 }
 
@@ -77,10 +146,9 @@ static int image_rm(struct moat_client *client, int count, char **names)
         int failures = 0;
 
         for (int i = 0; i < count; i++) {
-                _cleanup_free_ char *segment = moat_client_escape_segment(names[i]);
-                _cleanup_free_ char *path = NULL;
+                _cleanup_free_ char *path = image_path(names[i]);
 
-                if (!segment || asprintf(&path, "/v1/images/%s", segment) < 0) {
+                if (!path) {
                         failures++;
                         continue;
                 }
@@ -96,21 +164,209 @@ static int image_rm(struct moat_client *client, int count, char **names)
         return failures ? MOAT_EXIT_FAILURE : 0;
 }
 
+static int image_prune(struct moat_client *client, bool json)
+{
+        struct moat_error *err = NULL;
+        json_auto_t *result = NULL;
+        char freed[32];
+
+        if (moat_client_request(client, "POST", "/v1/images/prune", NULL, &result, &err) < 0)
+                return moat_cli_fail(err);
+        if (json) {
+                moat_output_json(result, stdout);
+                return 0;
+        }
+        format_size(json_integer_value(json_object_get(result, "bytes_freed")), freed, sizeof(freed));
+        printf("removed %lld images and %lld layers, freed %s\n",
+               (long long)json_integer_value(json_object_get(result, "images_removed")),
+               (long long)json_integer_value(json_object_get(result, "layers_removed")), freed);
+        return 0;
+}
+
+/* ---- pull: POST /v1/images/pull answers an NDJSON stream ----
+ * {"progress": "..."} lines while it works, then {"image": {...}} or
+ * {"error": {...}}. The client library streams only GET exec output, so
+ * this is the small line-reading variant for a POST. */
+
+struct pull_stream {
+        CURL *curl;
+        char *line; /* the incomplete line carried between writes */
+        size_t line_length;
+        char *error_body; /* a non-2xx answer, collected whole */
+        size_t error_length;
+        json_t *image;             /* the final {"image"} event's object */
+        struct moat_error *error;  /* the final {"error"} event, or a bad stream */
+};
+
+static void curl_easy_cleanupp(CURL **curl)
+{
+        if (*curl)
+                curl_easy_cleanup(*curl);
+}
+
+static void curl_slist_free_allp(struct curl_slist **list)
+{
+        if (*list)
+                curl_slist_free_all(*list);
+}
+
+/* One complete line. Returns <0 to abort the stream (bad event). */
+static int pull_line(struct pull_stream *stream, const char *line, size_t length)
+{
+        json_auto_t *event = NULL;
+        json_t *value;
+
+        if (length == 0)
+                return 0;
+        event = json_loadb(line, length, 0, NULL);
+        if (!json_is_object(event))
+                return moat_error_set(&stream->error, MOAT_ERROR_INTERNAL, 0, "bad_response",
+                                      "moatd sent a malformed pull event");
+        if ((value = json_object_get(event, "progress")) && json_is_string(value)) {
+                /* stderr, flushed per line: the user sees a long build move, and
+                 * stdout stays the image id alone for scripts. */
+                fprintf(stderr, "%s\n", json_string_value(value));
+                fflush(stderr);
+        } else if ((value = json_object_get(event, "image")) && json_is_object(value)) {
+                json_decref(stream->image);
+                stream->image = json_incref(value);
+        } else if (json_is_object(json_object_get(event, "error"))) {
+                /* Errors mid-stream come with status 200 already sent: map the
+                 * code as the library maps any error body. */
+                moat_client_error_from_response(500, event, &stream->error);
+                return -1;
+        }
+        /* Other events: ignored, so the server may add kinds. */
+        return 0;
+}
+
+static size_t pull_write(char *data, size_t size, size_t count, void *userdata)
+{
+        struct pull_stream *stream = userdata;
+        size_t length = size * count;
+        long status = 0;
+
+        curl_easy_getinfo(stream->curl, CURLINFO_RESPONSE_CODE, &status);
+        if (status < 200 || status >= 300) {
+                char *grown;
+
+                if (length > IMAGE_PULL_LINE_MAX - stream->error_length)
+                        return 0;
+                grown = realloc(stream->error_body, stream->error_length + length + 1);
+                if (!grown)
+                        return 0;
+                stream->error_body = grown;
+                memcpy(grown + stream->error_length, data, length);
+                stream->error_length += length;
+                grown[stream->error_length] = '\0';
+                return length;
+        }
+        for (size_t i = 0; i < length; i++) {
+                if (data[i] == '\n') {
+                        if (pull_line(stream, stream->line, stream->line_length) < 0)
+                                return 0;
+                        stream->line_length = 0;
+                        continue;
+                }
+                if (stream->line_length + 1 >= IMAGE_PULL_LINE_MAX) {
+                        moat_error_set(&stream->error, MOAT_ERROR_LIMIT_EXCEEDED, 0, "response_too_large",
+                                       "a pull event is longer than %u bytes", IMAGE_PULL_LINE_MAX);
+                        return 0;
+                }
+                if (!stream->line && !(stream->line = malloc(IMAGE_PULL_LINE_MAX)))
+                        return 0;
+                stream->line[stream->line_length++] = data[i];
+        }
+        return length;
+}
+
+static int image_pull(struct moat_client *client, const char *ref, const char *name, bool json)
+{
+        _cleanup_(curl_easy_cleanupp) CURL *curl = curl_easy_init();
+        _cleanup_(curl_slist_free_allp) struct curl_slist *headers = NULL;
+        _cleanup_free_ char *encoded = NULL;
+        struct pull_stream stream = { .curl = curl };
+        struct moat_error *err = NULL;
+        json_auto_t *body = NULL;
+        CURLcode result;
+        long status = 0;
+        int code = 0;
+
+        body = name ? json_pack("{ss ss}", "ref", ref, "name", name) : json_pack("{ss}", "ref", ref);
+        if (!body)
+                return moat_cli_usage_error("image", "arguments must be valid UTF-8");
+        encoded = json_dumps(body, JSON_COMPACT);
+        headers = curl_slist_append(headers, "Content-Type: application/json");
+        if (!curl || !encoded || !headers)
+                return moat_cli_fail(NULL);
+        headers = curl_slist_append(headers, "Expect:");
+        curl_easy_setopt(curl, CURLOPT_UNIX_SOCKET_PATH, moat_client_socket(client));
+        curl_easy_setopt(curl, CURLOPT_URL, "http://moatd/v1/images/pull");
+        curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
+        curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT, 10L);
+        curl_easy_setopt(curl, CURLOPT_HTTPHEADER, headers);
+        curl_easy_setopt(curl, CURLOPT_POSTFIELDS, encoded);
+        curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)strlen(encoded));
+        curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, pull_write);
+        curl_easy_setopt(curl, CURLOPT_WRITEDATA, &stream);
+        /* No overall timeout: the first debootstrap of a release takes minutes,
+         * and it reports progress all along. */
+        result = curl_easy_perform(curl);
+        curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
+        if (stream.line_length > 0 && !stream.error && result == CURLE_OK)
+                pull_line(&stream, stream.line, stream.line_length); /* a last line without "\n" */
+        if (stream.error) {
+                err = TAKE_PTR(stream.error);
+        } else if (result == CURLE_COULDNT_CONNECT) {
+                moat_error_set(&err, MOAT_ERROR_UNAVAILABLE, 0, "daemon_unreachable",
+                               "cannot connect to moatd at %s (is moatd running? see --socket or $MOAT_SOCKET)",
+                               moat_client_socket(client));
+        } else if (result != CURLE_OK) {
+                moat_error_set(&err, MOAT_ERROR_UNAVAILABLE, 0, "transport", "pull %s: %s", ref,
+                               curl_easy_strerror(result));
+        } else if (status < 200 || status >= 300) {
+                json_auto_t *answer = stream.error_body ? json_loads(stream.error_body, 0, NULL) : NULL;
+
+                moat_client_error_from_response(status, answer, &err);
+        } else if (!stream.image) {
+                moat_error_set(&err, MOAT_ERROR_UNAVAILABLE, 0, "transport",
+                               "pull %s: the stream ended before the image (did moatd stop?)", ref);
+        }
+        if (err) {
+                code = moat_cli_fail(err);
+        } else if (json) {
+                moat_output_json(stream.image, stdout);
+        } else {
+                printf("%s\n", json_string_value(json_object_get(stream.image, "id")));
+        }
+        json_decref(stream.image);
+        free(stream.line);
+        free(stream.error_body);
+        return code;
+}
+
 int moat_cmd_image(struct moat_cli *cli, int argc, char **argv)
 {
         struct moat_error *err = NULL;
         struct moat_client *client;
+        const char *name = NULL;
         bool json = cli->json;
         int positional = 0;
         char *words[32];
 
-        /* Words and the one flag; anything else is a usage error. */
+        /* Words and the flags; anything else is a usage error. */
         for (int i = 1; i < argc; i++) {
                 if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
                         fputs(image_usage, stdout);
                         return 0;
                 } else if (strcmp(argv[i], "--json") == 0) {
                         json = true;
+                } else if (strcmp(argv[i], "--name") == 0) {
+                        if (i + 1 >= argc)
+                                return moat_cli_usage_error("image", "--name needs a value");
+                        name = argv[++i];
+                } else if (strncmp(argv[i], "--name=", 7) == 0) {
+                        name = argv[i] + 7;
                 } else if (argv[i][0] == '-') {
                         fprintf(stderr, "moat image: unknown option `%s`\n%s", argv[i], image_usage);
                         return MOAT_EXIT_USAGE;
@@ -126,16 +382,27 @@ int moat_cmd_image(struct moat_cli *cli, int argc, char **argv)
                 return MOAT_EXIT_USAGE;
         }
         if (!((strcmp(words[0], "ls") == 0 && positional == 1) ||
+              (strcmp(words[0], "prune") == 0 && positional == 1) ||
+              (strcmp(words[0], "inspect") == 0 && positional == 2) ||
+              (strcmp(words[0], "pull") == 0 && positional == 2) ||
               (strcmp(words[0], "import") == 0 && positional == 3) ||
               (strcmp(words[0], "rm") == 0 && positional >= 2))) {
                 fprintf(stderr, "moat image: bad subcommand or argument count\n%s", image_usage);
                 return MOAT_EXIT_USAGE;
         }
+        if (name && strcmp(words[0], "pull") != 0)
+                return moat_cli_usage_error("image", "--name goes with `pull` only");
         client = moat_cli_client(cli, &err);
         if (!client)
                 return moat_cli_fail(err);
         if (strcmp(words[0], "ls") == 0)
-                return image_ls(cli, client, json);
+                return image_ls(client, json);
+        if (strcmp(words[0], "prune") == 0)
+                return image_prune(client, json);
+        if (strcmp(words[0], "inspect") == 0)
+                return image_inspect(client, words[1]);
+        if (strcmp(words[0], "pull") == 0)
+                return image_pull(client, words[1], name, json);
         if (strcmp(words[0], "import") == 0)
                 return image_import(client, words[1], words[2], json);
         return image_rm(client, positional - 1, words + 1);

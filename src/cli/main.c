@@ -25,7 +25,8 @@ static const struct command commands[] = {
         { "logs", moat_cmd_logs, "stream a sandbox's entrypoint output" },
         { "network", moat_cmd_network, "change a running sandbox's network policy" },
         { "tunnels", moat_cmd_tunnels, "list a sandbox's exposed ports" },
-        { "image", moat_cmd_image, "list, import and remove images" },
+        { "image", moat_cmd_image, "list, pull, import, inspect and remove images" },
+        { "snapshot", moat_cmd_snapshot, "turn a sandbox's filesystem into an image" },
         { "doctor", moat_cmd_doctor, "check that this host can run sandboxes" },
 };
 

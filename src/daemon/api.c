@@ -1,4 +1,5 @@
 #include "api.h"
+#include "image_build.h"
 
 #include <errno.h>
 #include <sys/queue.h>
@@ -373,6 +374,7 @@ struct route {
         const char *pattern; /* segments; "*" matches one id/name segment */
         void (*handler)(struct api_call *call);
         bool may_hold; /* may keep the request open (counts against API_HOLDS_MAX) */
+        bool large_body; /* bodies up to REQUEST_BODY_HARD_MAX (an image build's upload) */
 };
 
 static const struct route routes[] = {
@@ -398,6 +400,7 @@ static const struct route routes[] = {
         {EVHTTP_REQ_POST, "v1/images/import", api_images_import, true},
         {EVHTTP_REQ_POST, "v1/images/prune", api_images_prune},
         {EVHTTP_REQ_POST, "v1/images/pull", api_images_pull, true},
+        {EVHTTP_REQ_POST, "v1/images/build", api_images_build, true, true},
         {EVHTTP_REQ_GET, "v1/images/*", api_images_get},
         {EVHTTP_REQ_DELETE, "v1/images/*", api_images_delete},
 };
@@ -480,11 +483,6 @@ static void api_dispatch(struct evhttp_request *request, void *arg)
          * answers its own limit with an HTML page, and every error we send is
          * JSON. libevent's limit (REQUEST_BODY_HARD_MAX) only stops a client
          * from making us buffer without bound. */
-        if (evbuffer_get_length(evhttp_request_get_input_buffer(request)) > REQUEST_BODY_MAX) {
-                api_reply_new_error(request, MOAT_ERROR_LIMIT_EXCEEDED, "payload_too_large",
-                                    "request body exceeds %d bytes", REQUEST_BODY_MAX);
-                return;
-        }
         uri = evhttp_request_get_evhttp_uri(request);
         path = uri ? evhttp_uri_get_path(uri) : NULL;
         if (!path || path[0] != '/') {
@@ -503,7 +501,12 @@ static void api_dispatch(struct evhttp_request *request, void *arg)
                 path_known = true;
                 if (routes[i].method != evhttp_request_get_command(request))
                         continue;
-                if (daemon->shutting_down && routes[i].handler != api_health) {
+                if (evbuffer_get_length(evhttp_request_get_input_buffer(request)) >
+                    (routes[i].large_body ? REQUEST_BODY_HARD_MAX : REQUEST_BODY_MAX)) {
+                        api_reply_new_error(request, MOAT_ERROR_LIMIT_EXCEEDED, "payload_too_large",
+                                            "request body exceeds %d bytes",
+                                            routes[i].large_body ? REQUEST_BODY_HARD_MAX : REQUEST_BODY_MAX);
+                } else if (daemon->shutting_down && routes[i].handler != api_health) {
                         api_reply_new_error(request, MOAT_ERROR_UNAVAILABLE, NULL, "moatd is shutting down");
                 } else if (routes[i].may_hold && api_holds_full(daemon)) {
                         api_reply_new_error(request, MOAT_ERROR_LIMIT_EXCEEDED, NULL,

@@ -330,6 +330,7 @@ struct extract {
         struct directory_time *directory_times;
         size_t directory_time_count, directory_time_capacity;
         uint64_t size, entries;
+        uint64_t max_size; /* 0: unbounded */
 };
 
 /* Which xattrs a layer may carry. An allow list, because the kernel gives
@@ -343,13 +344,15 @@ struct extract {
  * scoped to that namespace there. Written here by host root, it is a v2
  * capability on the host path, which is why the store must stay unreachable
  * for other host users (the data dir is 0700). */
+/* user.* only. user.overlay.* from a tar would forge whiteouts and opaque
+ * directories; security.capability written by moatd (host root) would be a
+ * file capability valid on the host for a file in the store, and trusted.*
+ * and security.* else are not the image's to set. */
 static bool layer_xattr_allowed(const char *name)
 {
         if (strncmp(name, "user.overlay.", strlen("user.overlay.")) == 0)
                 return false;
-        if (strncmp(name, "user.", strlen("user.")) == 0)
-                return true;
-        return strcmp(name, "security.capability") == 0;
+        return strncmp(name, "user.", strlen("user.")) == 0;
 }
 
 static int entry_owner(const struct extract *x, struct archive_entry *entry, const char *path, uid_t *uid, gid_t *gid,
@@ -452,13 +455,24 @@ static int layer_copy_data(struct extract *x, struct archive *tar, int fd, struc
                         done += (size_t)n;
                 }
                 x->size += length;
+                if (x->max_size && x->size > x->max_size)
+                        return moat_error_set(err, MOAT_ERROR_LIMIT_EXCEEDED, 0, OCI_ERROR_LAYER_TOO_LARGE,
+                                              "layer: more than %llu bytes of files",
+                                              (unsigned long long)x->max_size);
                 if (offset + (la_int64_t)length > end)
                         end = offset + (la_int64_t)length;
         }
-        /* A sparse file's tail hole. */
-        if (archive_entry_size_is_set(entry) && archive_entry_size(entry) > end &&
-            ftruncate(fd, archive_entry_size(entry)) < 0)
-                return moat_error_system(err, errno, "truncate `%s` in layer", path);
+        /* A sparse file's tail hole. It takes no disk space here, but counts
+         * toward the limit: a copy-up in the sandbox would materialise it. */
+        if (archive_entry_size_is_set(entry) && archive_entry_size(entry) > end) {
+                x->size += (uint64_t)(archive_entry_size(entry) - end);
+                if (x->max_size && x->size > x->max_size)
+                        return moat_error_set(err, MOAT_ERROR_LIMIT_EXCEEDED, 0, OCI_ERROR_LAYER_TOO_LARGE,
+                                              "layer: more than %llu bytes of files",
+                                              (unsigned long long)x->max_size);
+                if (ftruncate(fd, archive_entry_size(entry)) < 0)
+                        return moat_error_system(err, errno, "truncate `%s` in layer", path);
+        }
         return 0;
 }
 
@@ -674,10 +688,10 @@ static int layer_apply_entry(struct extract *x, struct archive *tar, struct arch
         return bad_layer(err, "layer: `%s` has an unsupported file type 0%o", path, (unsigned)type);
 }
 
-static int extract_stream(int fd, const char *dir, enum extract_mode mode, struct oci_layer_result *result,
-                          struct moat_error **err)
+static int extract_stream(int fd, const char *dir, enum extract_mode mode, uint64_t max_size,
+                          struct oci_layer_result *result, struct moat_error **err)
 {
-        _cleanup_(extract_releasep) struct extract x = {.root_fd = -1, .mode = mode};
+        _cleanup_(extract_releasep) struct extract x = {.root_fd = -1, .mode = mode, .max_size = max_size};
         _cleanup_(layer_stream_closep) struct layer_stream *stream = NULL;
         struct archive_entry *entry;
 
@@ -720,24 +734,29 @@ static int extract_stream(int fd, const char *dir, enum extract_mode mode, struc
 
 int oci_layer_apply(int fd, const char *dir, struct oci_layer_result *result, struct moat_error **err)
 {
+        return oci_layer_apply_limited(fd, dir, 0, result, err);
+}
+
+int oci_layer_apply_limited(int fd, const char *dir, uint64_t max_size, struct oci_layer_result *result,
+                            struct moat_error **err)
+{
         struct oci_layer_result computed;
 
         memset(&computed, 0, sizeof(computed));
-
-        if (extract_stream(fd, dir, EXTRACT_LAYER, &computed, err) < 0)
+        if (extract_stream(fd, dir, EXTRACT_LAYER, max_size, &computed, err) < 0)
                 return -1;
         if (result)
                 *result = computed;
         return 0;
 }
 
-int oci_archive_extract(const char *tar_path, const char *dir, struct moat_error **err)
+int oci_archive_extract(const char *tar_path, const char *dir, uint64_t max_size, struct moat_error **err)
 {
         _cleanup_close_ int fd = open(tar_path, O_RDONLY | O_CLOEXEC);
 
         if (fd < 0)
                 return moat_error_system(err, errno, "open `%s`", tar_path);
-        if (extract_stream(fd, dir, EXTRACT_ARCHIVE, NULL, err) < 0)
+        if (extract_stream(fd, dir, EXTRACT_ARCHIVE, max_size, NULL, err) < 0)
                 return moat_error_wrap(err, "image archive `%s`", tar_path);
         return 0;
 }

@@ -39,10 +39,16 @@ struct oci_layer_result {
  * On failure dir may hold a partial tree: the caller removes it. Nothing is
  * ever created or changed outside dir. result is filled only on success. */
 int oci_layer_apply(int fd, const char *dir, struct oci_layer_result *result, struct moat_error **err);
+/* The same, refusing (limit_exceeded) once more than max_size bytes of file
+ * data (sparse holes included) would be written: a small gzip blob can
+ * decompress to terabytes. max_size 0: unbounded. */
+int oci_layer_apply_limited(int fd, const char *dir, uint64_t max_size, struct oci_layer_result *result,
+                            struct moat_error **err);
 
 /* Extract an outer archive (`docker save` tar, or an OCI layout tar; plain,
  * gzip or zstd) into dir, an empty staging directory. Same path rules as
  * layers; no whiteout conversion; every file is owned by root with mode
  * masked to 0755 (no setuid), no xattrs; only regular files, directories,
- * symlinks and hardlinks are accepted. */
-int oci_archive_extract(const char *tar_path, const char *dir, struct moat_error **err);
+ * symlinks and hardlinks are accepted. max_size as for
+ * oci_layer_apply_limited (0: unbounded). */
+int oci_archive_extract(const char *tar_path, const char *dir, uint64_t max_size, struct moat_error **err);

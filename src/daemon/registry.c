@@ -58,6 +58,11 @@ static void hash_freep(EVP_MD_CTX **h)
 }
 #define _cleanup_hash_ _cleanup_(hash_freep)
 
+static void curl_freep(char **p)
+{
+        curl_free(*p);
+}
+
 /* ---- digests, references, challenges ---- */
 
 bool registry_digest_valid(const char *digest)
@@ -666,12 +671,6 @@ static void buffer_reset(struct buffer *buffer)
         buffer->size = buffer->capacity = 0;
 }
 
-/* Percent-encode for a query parameter. */
-static char *query_escape(CURL *curl, const char *value)
-{
-        return curl_easy_escape(curl, value, 0);
-}
-
 /* Ask the token endpoint (realm) for a pull token and keep it as the
  * Authorization header for the rest of the pull. */
 static int client_fetch_token(struct client *client, const struct registry_challenge *challenge,
@@ -681,7 +680,8 @@ static int client_fetch_token(struct client *client, const struct registry_chall
         struct buffer body = { .limit = REGISTRY_TOKEN_MAX_BYTES };
         struct sink sink = { .memory = &body, .fd = -1 };
         struct response response = { .sink = &sink };
-        _cleanup_free_ char *url = NULL, *service = NULL, *scope = NULL, *default_scope = NULL;
+        _cleanup_free_ char *url = NULL, *default_scope = NULL;
+        _cleanup_(curl_freep) char *service = NULL, *scope = NULL;
         _cleanup_json_ json_t *root = NULL;
         const char *token;
         CURLcode code;
@@ -696,8 +696,8 @@ static int client_fetch_token(struct client *client, const struct registry_chall
                                       client->options->insecure_http ? "http(s)" : "https");
         if (asprintf(&default_scope, "repository:%s:pull", client->reference.repository) < 0)
                 return moat_error_system(err, ENOMEM, "asprintf");
-        service = query_escape(client->curl, challenge->service);
-        scope = query_escape(client->curl, challenge->scope[0] ? challenge->scope : default_scope);
+        service = curl_easy_escape(client->curl, challenge->service, 0);
+        scope = curl_easy_escape(client->curl, challenge->scope[0] ? challenge->scope : default_scope, 0);
         if (!service || !scope)
                 return moat_error_system(err, ENOMEM, "curl_easy_escape");
         if (asprintf(&url, "%s%cservice=%s&scope=%s", challenge->realm,
@@ -797,8 +797,8 @@ static int client_authenticate(struct client *client, const struct response *res
 
 /* GET url into sink (with Range from sink->offset when it is a file that
  * already holds bytes). Authenticates and retries once on 401. On return 0,
- * *ret_status is the final HTTP status (2xx or 4xx/5xx: the caller decides);
- * transport failures are errors. */
+ * response->status is the final HTTP status (2xx or 4xx/5xx: the caller
+ * decides); transport failures and bounds are errors. */
 static int client_get(struct client *client, const char *url, const char *accept,
                       struct sink *sink, struct response *response, struct moat_error **err)
 {
@@ -954,8 +954,8 @@ static int manifest_fetch(struct client *client, const char *tag_or_digest, cons
         manifest->bytes.limit = REGISTRY_MANIFEST_MAX_BYTES;
         if (asprintf(&url, "%s://%s/v2/%s/manifests/%s", client->scheme, client->reference.api_host,
                      client->reference.repository, tag_or_digest) < 0 ||
-            asprintf(&what, "manifest %s/%s:%s", client->reference.host, client->reference.repository,
-                     tag_or_digest) < 0)
+            asprintf(&what, "manifest %s/%s%c%s", client->reference.host, client->reference.repository,
+                     strncmp(tag_or_digest, "sha256:", 7) == 0 ? '@' : ':', tag_or_digest) < 0)
                 return moat_error_system(err, ENOMEM, "asprintf");
         if (client_get(client, url, ACCEPT_MANIFESTS, &sink, &response, err) < 0)
                 return moat_error_wrap(err, "%s", what);
@@ -1138,6 +1138,17 @@ static int hash_file_prefix(int fd, uint64_t size, EVP_MD_CTX *hash, struct moat
         return 0;
 }
 
+/* After a failed download: keep a partial file worth resuming (a transfer
+ * cut short), drop an empty one and one whose sender cannot be trusted to
+ * continue it (it sent more than the blob has, or refused our range). */
+static void partial_discard_if_useless(int cache_fd, const char *partial, int fd, bool untrusted)
+{
+        struct stat st;
+
+        if (untrusted || (fstat(fd, &st) == 0 && st.st_size == 0))
+                unlinkat(cache_fd, partial, 0);
+}
+
 /* Download one blob into the cache, continuing a partial download when
  * there is one. Concurrent pulls of the same blob serialise on a lock of the
  * partial file; the one that waited finds the complete entry. */
@@ -1200,13 +1211,14 @@ static int blob_fetch(struct client *client, int cache_fd, const struct descript
                 if (asprintf(&url, "%s://%s/v2/%s/blobs/%s", client->scheme, client->reference.api_host,
                              client->reference.repository, descriptor->digest) < 0)
                         return moat_error_system(err, ENOMEM, "asprintf");
-                if (client_get(client, url, NULL, &sink, &response, err) < 0)
+                if (client_get(client, url, NULL, &sink, &response, err) < 0) {
+                        partial_discard_if_useless(cache_fd, partial, fd, sink.overflow);
                         return moat_error_wrap(err, "blob %s", descriptor->digest);
+                }
                 if (response.status != 200 && response.status != 206) {
                         /* 416: our partial is not a prefix the registry
                          * recognises. Drop it so the next try starts clean. */
-                        if (response.status == 416)
-                                unlinkat(cache_fd, partial, 0);
+                        partial_discard_if_useless(cache_fd, partial, fd, response.status == 416);
                         return status_error(&response, descriptor->digest, err);
                 }
         }

@@ -16,7 +16,10 @@
 #include "cell/cell.h"
 #include "encoding.h"
 #include "image_debian.h"
+#include "image_oci.h"
 #include "image_store.h"
+#include "oci_image.h"
+#include "registry.h"
 #include "log.h"
 #include "request.h"
 #include "sandbox.h"
@@ -149,9 +152,30 @@ static void import_run(void *arg)
         struct layer_job *job = arg;
         uint64_t size;
 
-        if (layer_import_directory(job->images_dir, job->path, job->layers[job->layer_count - 1], &size,
-                                   &job->err) < 0)
+        layer_import_directory(job->images_dir, job->path, job->layers[job->layer_count - 1], &size, &job->err);
+}
+
+/* An OCI layout or docker-save directory, or a tar of one. */
+static void import_oci_run(void *arg)
+{
+        struct layer_job *job = arg;
+        char (*layers)[72] = calloc(OCI_IMAGE_MAX_LAYERS, sizeof(*layers));
+        json_t *config = NULL;
+        size_t count = 0;
+
+        if (!layers) {
+                moat_error_set(&job->err, MOAT_ERROR_INTERNAL, ENOMEM, NULL, "allocate layers");
                 return;
+        }
+        if (image_oci_import(job->images_dir, job->path, -1, layers, &count, &config, &job->err) == 0) {
+                free(job->layers);
+                job->layers = layers;
+                job->layer_count = count;
+                json_decref(job->config);
+                job->config = config;
+                return;
+        }
+        free(layers);
 }
 
 static void snapshot_run(void *arg)
@@ -253,12 +277,12 @@ void api_images_import(struct api_call *call)
                 moat_error_set(&err, MOAT_ERROR_CONFLICT, 0, NULL, "image `%s` exists", job->name);
                 goto fail;
         }
-        if (stat(job->path, &st) < 0 || !S_ISDIR(st.st_mode)) {
-                moat_error_invalid(&err, "`%s` is not a directory", job->path);
+        if (stat(job->path, &st) < 0 || !(S_ISDIR(st.st_mode) || S_ISREG(st.st_mode))) {
+                moat_error_invalid(&err, "`%s` is neither a directory nor a file", job->path);
                 goto fail;
         }
         job->config = json_object();
-        layer_job_submit(call, job, import_run);
+        layer_job_submit(call, job, image_oci_looks_like(job->path) ? import_oci_run : import_run);
         return;
 fail:
         api_reply_error(call->request, err);
@@ -348,7 +372,9 @@ struct pull_job {
         char *ref, *name;
         char release[32];
         bool slim;
-        char layer_id[72];
+        char *username, *password;
+        char (*layers)[72];
+        size_t layer_count;
         json_t *config;
         struct moat_error *err;
 };
@@ -400,26 +426,75 @@ static void on_pull_progress(evutil_socket_t fd, short what, void *arg)
         pull_drain(arg);
 }
 
+static void pull_progress(void *ctx, const char *what, const char *digest, uint64_t done, uint64_t total)
+{
+        struct pull_job *job = ctx;
+        char line[256];
+        int n;
+
+        /* A blob reports often while it downloads: every 8 MiB and at the end. */
+        if (strcmp(what, "blob") == 0 && done != total && done % (8u << 20) > (256u << 10))
+                return;
+        n = snprintf(line, sizeof(line), "%s %s %llu/%llu\n", what, digest ? digest : "",
+                     (unsigned long long)done, (unsigned long long)total);
+        if (n > 0)
+                (void)!write(job->pipe[1], line, (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1);
+}
+
+/* Registries on this host's loopback (tests, a local mirror) speak plain
+ * HTTP; every other registry must be HTTPS with a verified certificate. */
+static bool loopback_registry(const char *ref)
+{
+        return strncmp(ref, "127.", 4) == 0 || strncmp(ref, "localhost:", 10) == 0 ||
+               strncmp(ref, "localhost/", 10) == 0 || strncmp(ref, "[::1]", 5) == 0;
+}
+
 static void pull_run(void *arg)
 {
         struct pull_job *job = arg;
-        char rootfs[PATH_MAX];
+        char rootfs[PATH_MAX], blobs[PATH_MAX], layout[PATH_MAX];
+        struct registry_options options = {0};
+        struct registry_progress progress = {.on_event = pull_progress, .ctx = job};
         uint64_t size;
 
+        job->layers = calloc(OCI_IMAGE_MAX_LAYERS, sizeof(*job->layers));
+        if (!job->layers) {
+                moat_error_set(&job->err, MOAT_ERROR_INTERNAL, ENOMEM, NULL, "allocate layers");
+                return;
+        }
         if (job->release[0]) {
                 if (image_debian_build(IMAGE_DEBIAN_CACHE_DEFAULT, job->release, job->slim, job->pipe[1], rootfs,
                                        &job->err) < 0)
                         return;
                 (void)!write(job->pipe[1], "importing the tree as a layer\n", 30);
-                if (layer_import_directory(job->images_dir, rootfs, job->layer_id, &size, &job->err) < 0)
+                if (layer_import_directory(job->images_dir, rootfs, job->layers[0], &size, &job->err) < 0)
                         return;
+                job->layer_count = 1;
                 job->config = json_pack("{s:[s], s:s}", "env",
                                         "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
                                         "workdir", "/");
                 return;
         }
-        moat_error_set(&job->err, MOAT_ERROR_INVALID_ARGUMENT, 0, "unsupported_reference",
-                       "cannot pull `%s`: only debian:<release>[-slim] is supported", job->ref);
+        /* A registry image: blobs into the store's blob cache (verified,
+         * resumable), a layout of hard links to them in staging, then the
+         * same import as a local OCI layout. */
+        image_path(blobs, sizeof(blobs), "%s/blobs", job->images_dir);
+        if (mkdir(blobs, 0700) < 0 && errno != EEXIST) {
+                moat_error_system(&job->err, errno, "mkdir `%s`", blobs);
+                return;
+        }
+        if (layer_staging_new(job->images_dir, layout, &job->err) < 0)
+                return;
+        options.insecure_http = loopback_registry(job->ref);
+        options.username = job->username;
+        options.password = job->password;
+        options.blob_cache_dir = blobs;
+        strncat(layout, "/rootfs", sizeof(layout) - strlen(layout) - 1);
+        if (registry_pull(job->ref, &options, &progress, layout, &job->err) == 0)
+                image_oci_import(job->images_dir, layout, job->pipe[1], job->layers, &job->layer_count,
+                                 &job->config, &job->err);
+        *strrchr(layout, '/') = '\0';
+        image_store_remove_tree(layout, NULL);
 }
 
 static void pull_job_free(struct pull_job *job)
@@ -433,8 +508,14 @@ static void pull_job_free(struct pull_job *job)
                         close(job->pipe[i]);
         json_decref(job->config);
         moat_error_free(job->err);
+        free(job->layers);
         free(job->ref);
         free(job->name);
+        free(job->username);
+        if (job->password) {
+                explicit_bzero(job->password, strlen(job->password));
+                free(job->password);
+        }
         free(job);
 }
 
@@ -449,7 +530,8 @@ static void pull_done(void *arg)
         job->pipe[1] = -1;
         pull_drain(job);
         if (!job->err)
-                image_store_add(daemon, job->name, &job->layer_id, 1, job->config, NULL, &image, &job->err);
+                image_store_add(daemon, job->name, job->layers, job->layer_count, job->config, NULL, &image,
+                                &job->err);
         if (job->err) {
                 log_warn("pull %s: %s", job->ref, job->err->message);
                 pull_send(job, json_pack("{s:{s:s,s:s}}", "error", "code", job->err->code, "message",
@@ -473,7 +555,7 @@ static void on_pull_client_gone(void *arg)
 
 void api_images_pull(struct api_call *call)
 {
-        static const char *const fields[] = {"ref", "name", NULL};
+        static const char *const fields[] = {"ref", "name", "username", "password", NULL};
         struct moat_error *err = NULL;
         size_t length;
         const char *body = api_body(call->request, &length);
@@ -517,9 +599,17 @@ void api_images_pull(struct api_call *call)
                 goto fail;
         }
         if (!image_debian_ref(job->ref, job->release, &job->slim)) {
-                moat_error_set(&err, MOAT_ERROR_INVALID_ARGUMENT, 0, "unsupported_reference",
-                               "cannot pull `%s`: expected debian:<release>[-slim]", job->ref);
-                goto fail;
+                struct registry_reference parsed;
+                json_t *username = json_object_get(root, "username"), *password = json_object_get(root, "password");
+
+                if (registry_reference_parse(job->ref, &parsed, &err) < 0)
+                        goto fail;
+                if ((username && !json_is_string(username)) || (password && !json_is_string(password))) {
+                        moat_error_invalid(&err, "`username` and `password` are strings");
+                        goto fail;
+                }
+                job->username = username ? strdup(json_string_value(username)) : NULL;
+                job->password = password ? strdup(json_string_value(password)) : NULL;
         }
         if (pipe2(job->pipe, O_CLOEXEC) < 0 || fcntl(job->pipe[0], F_SETFL, O_NONBLOCK) < 0 ||
             !(job->partial = evbuffer_new()) ||

@@ -65,6 +65,23 @@ def row(label, value, extra=""):
     return f"  {label:<28} {value.min:8.2f} {value.median:8.2f} {value.p99:8.2f}{extra}"
 
 
+def image_section(results):
+    """Create from a layered image vs host, rebuild, snapshot, from image_bench.py's JSON."""
+    path = os.path.join(results, "image.json")
+    if not os.path.exists(path):
+        return ["moat images: skipped (no image.json)"]
+    with open(path) as f:
+        image = json.load(f)
+    out = ["images (ms)", f"  {'':<34} {'min':>8} {'median':>8} {'p99':>8}"]
+    rows = [("create from host image", image["create"]["host"]),
+            (f"create from {image['create']['layer_count']}-layer image", image["create"]["layers"]),
+            ("rebuild unchanged 5-step spec", image["rebuild"]),
+            ("snapshot, 10 MiB changed", image["snapshot"])]
+    for label, r in rows:
+        out.append(f"  {label:<34} {r['min_ms']:8.2f} {r['median_ms']:8.2f} {r['p99_ms']:8.2f}")
+    return out
+
+
 def network_section(results):
     """Create time per network mode and veth throughput, from net_bench.py's JSON."""
     path = os.path.join(results, "net.json")
@@ -157,6 +174,8 @@ def main() -> int:
         reason = load(results, "moat_throughput")
         out.append(f"moat throughput: skipped: {reason}")
 
+    out.append("")
+    out.extend(image_section(results))
     out.append("")
     out.extend(network_section(results))
 

@@ -16,7 +16,9 @@ static const char image_usage[] =
         "       moat image inspect REF               one image as JSON (REF: a name or an img-… id)\n"
         "       moat image rm REF...                 remove names (by id: every name of the image)\n"
         "       moat image prune [--json]            remove unnamed images and unused layers\n"
-        "       moat image pull REF [--name NAME]    e.g. debian:bookworm-slim; prints the image id\n"
+        "       moat image pull REF [--name NAME] [--username USER [--password-stdin]]\n"
+        "                                            debian:<release>[-slim] or a registry image\n"
+        "                                            (host[:port]/repo:tag); prints the image id\n"
         "       moat image import DIR NAME           copy a root filesystem directory into the store\n";
 
 /* Bound on one line of the pull stream: a progress line is a line of
@@ -280,7 +282,25 @@ static size_t pull_write(char *data, size_t size, size_t count, void *userdata)
         return length;
 }
 
-static int image_pull(struct moat_client *client, const char *ref, const char *name, bool json)
+/* The registry password, one line from stdin: never an argument, which
+ * every user of the host could read in /proc/<pid>/cmdline. */
+static char *read_password(void)
+{
+        char *line = NULL;
+        size_t capacity = 0;
+        ssize_t length = getline(&line, &capacity, stdin);
+
+        if (length < 0) {
+                free(line);
+                return NULL;
+        }
+        while (length > 0 && (line[length - 1] == '\n' || line[length - 1] == '\r'))
+                line[--length] = '\0';
+        return line;
+}
+
+static int image_pull(struct moat_client *client, const char *ref, const char *name, const char *username,
+                      bool password_stdin, bool json)
 {
         _cleanup_(curl_easy_cleanupp) CURL *curl = curl_easy_init();
         _cleanup_(curl_slist_free_allp) struct curl_slist *headers = NULL;
@@ -292,9 +312,22 @@ static int image_pull(struct moat_client *client, const char *ref, const char *n
         long status = 0;
         int code = 0;
 
-        body = name ? json_pack("{ss ss}", "ref", ref, "name", name) : json_pack("{ss}", "ref", ref);
-        if (!body)
+        body = json_pack("{ss}", "ref", ref);
+        if (!body || (name && json_object_set_new(body, "name", json_string(name)) < 0) ||
+            (username && json_object_set_new(body, "username", json_string(username)) < 0))
                 return moat_cli_usage_error("image", "arguments must be valid UTF-8");
+        if (password_stdin) {
+                char *password = read_password();
+                int failed;
+
+                if (!password)
+                        return moat_cli_usage_error("image", "--password-stdin: no password on stdin");
+                failed = json_object_set_new(body, "password", json_string(password)) < 0;
+                explicit_bzero(password, strlen(password));
+                free(password);
+                if (failed)
+                        return moat_cli_usage_error("image", "the password must be valid UTF-8");
+        }
         encoded = json_dumps(body, JSON_COMPACT);
         headers = curl_slist_append(headers, "Content-Type: application/json");
         if (!curl || !encoded || !headers)
@@ -339,6 +372,8 @@ static int image_pull(struct moat_client *client, const char *ref, const char *n
         } else {
                 printf("%s\n", json_string_value(json_object_get(stream.image, "id")));
         }
+        if (encoded)
+                explicit_bzero(encoded, strlen(encoded)); /* it may hold the password */
         json_decref(stream.image);
         free(stream.line);
         free(stream.error_body);
@@ -349,8 +384,8 @@ int moat_cmd_image(struct moat_cli *cli, int argc, char **argv)
 {
         struct moat_error *err = NULL;
         struct moat_client *client;
-        const char *name = NULL;
-        bool json = cli->json;
+        const char *name = NULL, *username = NULL;
+        bool json = cli->json, password_stdin = false;
         int positional = 0;
         char *words[32];
 
@@ -367,6 +402,12 @@ int moat_cmd_image(struct moat_cli *cli, int argc, char **argv)
                         name = argv[++i];
                 } else if (strncmp(argv[i], "--name=", 7) == 0) {
                         name = argv[i] + 7;
+                } else if (strcmp(argv[i], "--username") == 0) {
+                        if (i + 1 >= argc)
+                                return moat_cli_usage_error("image", "--username needs a value");
+                        username = argv[++i];
+                } else if (strcmp(argv[i], "--password-stdin") == 0) {
+                        password_stdin = true;
                 } else if (argv[i][0] == '-') {
                         fprintf(stderr, "moat image: unknown option `%s`\n%s", argv[i], image_usage);
                         return MOAT_EXIT_USAGE;
@@ -390,8 +431,10 @@ int moat_cmd_image(struct moat_cli *cli, int argc, char **argv)
                 fprintf(stderr, "moat image: bad subcommand or argument count\n%s", image_usage);
                 return MOAT_EXIT_USAGE;
         }
-        if (name && strcmp(words[0], "pull") != 0)
-                return moat_cli_usage_error("image", "--name goes with `pull` only");
+        if ((name || username || password_stdin) && strcmp(words[0], "pull") != 0)
+                return moat_cli_usage_error("image", "--name, --username and --password-stdin go with `pull` only");
+        if (password_stdin && !username)
+                return moat_cli_usage_error("image", "--password-stdin needs --username");
         client = moat_cli_client(cli, &err);
         if (!client)
                 return moat_cli_fail(err);
@@ -402,7 +445,7 @@ int moat_cmd_image(struct moat_cli *cli, int argc, char **argv)
         if (strcmp(words[0], "inspect") == 0)
                 return image_inspect(client, words[1]);
         if (strcmp(words[0], "pull") == 0)
-                return image_pull(client, words[1], name, json);
+                return image_pull(client, words[1], name, username, password_stdin, json);
         if (strcmp(words[0], "import") == 0)
                 return image_import(client, words[1], words[2], json);
         return image_rm(client, positional - 1, words + 1);

@@ -11,6 +11,7 @@ from .errors import (Conflict, Error, ExecNotFound, InternalError, InvalidArgume
                      LimitExceeded, MethodNotAllowed, NotFound, OutputTooLarge,
                      PayloadTooLarge, SandboxNotRunning, SandboxTerminated, StdinClosed,
                      Timeout, Unavailable)
+from .image import Image
 from .network import Network, Port, Tunnel
 from .process import Process, StdinWriter, StreamReader
 from .sandbox import CommandResult, Sandbox
@@ -25,7 +26,7 @@ def health(socket=None):
 
 __all__ = [
     "Client", "CommandResult", "Conflict", "DEFAULT_SOCKET", "Error", "ExecNotFound",
-    "InternalError", "InvalidArgument", "LimitExceeded", "MethodNotAllowed", "Network", "NotFound",
+    "Image", "InternalError", "InvalidArgument", "LimitExceeded", "MethodNotAllowed", "Network", "NotFound",
     "OutputTooLarge", "Port", "PayloadTooLarge", "Process", "Sandbox", "SandboxNotRunning",
     "SandboxTerminated", "StdinClosed", "StdinWriter", "StreamReader", "Timeout",
     "Tunnel", "Unavailable", "health",

@@ -5,6 +5,7 @@ import time
 
 from . import errors
 from ._transport import Client
+from .image import Image, image_ref
 from .network import Network, Tunnel, network_body, ports_body
 from .process import Process, _WAIT_SLICE
 
@@ -93,10 +94,11 @@ class Sandbox:
 
         ``network`` is a :class:`moat.Network` (or "none"/"internet"; default
         none: loopback only); ``ports`` lists sandbox ports to expose, as ints
-        or :class:`moat.Port` (see :meth:`tunnels`)."""
+        or :class:`moat.Port` (see :meth:`tunnels`). ``image`` is a name, an
+        id or a :class:`moat.Image`."""
         body = {}
         if image is not None:
-            body["image"] = image
+            body["image"] = image_ref(image)
         for key, value in (("cpu", cpu), ("memory", memory), ("disk", disk), ("pids", pids),
                            ("timeout", timeout), ("idle_timeout", idle_timeout),
                            ("workdir", workdir), ("user", user)):
@@ -229,6 +231,16 @@ class Sandbox:
         if self._entrypoint is not None and self._entrypoint.returncode is None:
             self._entrypoint._info["exit_code"] = self.exit_code
         return self.returncode
+
+    def snapshot_filesystem(self, name=None):
+        """The sandbox's filesystem as it is now (its image plus its changes,
+        deletions included) as a new :class:`moat.Image`, whose parent is the
+        sandbox's image; the sandbox keeps running. Unnamed snapshots are
+        removed by ``Image.prune()`` once no sandbox uses them. Raises
+        moat.SandboxNotRunning once the sandbox has stopped."""
+        body = {} if name is None else {"name": name}
+        return Image(self._client, self._client.request("POST", self._path("/snapshot"),
+                                                        json_body=body))
 
     # --- the entrypoint ------------------------------------------------------
 

@@ -110,6 +110,20 @@ _BY_CODE = {
     "unavailable": Unavailable,
     "internal": InternalError,
     "system": InternalError,
+    # Images: codes that arrive inside a 200 stream (pull, build) map here.
+    "image_not_found": NotFound,
+    "unauthorized": InvalidArgument,
+    "bad_layer": InvalidArgument,
+    "bad_image": InvalidArgument,
+    "digest_mismatch": InvalidArgument,
+    "unsupported_media_type": InvalidArgument,
+    "no_matching_platform": InvalidArgument,
+    "platform_not_found": InvalidArgument,
+    "missing_blob": InvalidArgument,
+    "registry_error": Unavailable,
+    "debootstrap_failed": Unavailable,
+    "build_step_failed": InvalidArgument,
+    "network_unavailable": Unavailable,
 }
 
 # Unknown codes map by status, as docs/API.md asks of clients.

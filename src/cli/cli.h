@@ -36,6 +36,8 @@ int moat_cmd_ls(struct moat_cli *cli, int argc, char **argv);
 int moat_cmd_inspect(struct moat_cli *cli, int argc, char **argv);
 int moat_cmd_rm(struct moat_cli *cli, int argc, char **argv);
 int moat_cmd_image(struct moat_cli *cli, int argc, char **argv);
+/* moat image build (cmd_build.c); argv[0] is "build". */
+int moat_cmd_image_build(struct moat_cli *cli, int argc, char **argv);
 int moat_cmd_snapshot(struct moat_cli *cli, int argc, char **argv);
 int moat_cmd_doctor(struct moat_cli *cli, int argc, char **argv);
 int moat_cmd_network(struct moat_cli *cli, int argc, char **argv);

@@ -19,6 +19,7 @@ static const char image_usage[] =
         "       moat image pull REF [--name NAME] [--username USER [--password-stdin]]\n"
         "                                            debian:<release>[-slim] or a registry image\n"
         "                                            (host[:port]/repo:tag); prints the image id\n"
+        "       moat image build [-f FILE] [--name NAME] [DIR]  build from a Dockerfile\n"
         "       moat image import DIR NAME           copy a root filesystem directory into the store\n";
 
 /* Bound on one line of the pull stream: a progress line is a line of
@@ -388,6 +389,10 @@ int moat_cmd_image(struct moat_cli *cli, int argc, char **argv)
         bool json = cli->json, password_stdin = false;
         int positional = 0;
         char *words[32];
+
+        /* build has its own options (-f FILE, CONTEXT_DIR). */
+        if (argc >= 2 && strcmp(argv[1], "build") == 0)
+                return moat_cmd_image_build(cli, argc - 1, argv + 1);
 
         /* Words and the flags; anything else is a usage error. */
         for (int i = 1; i < argc; i++) {

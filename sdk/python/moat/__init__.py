@@ -12,9 +12,13 @@ from .errors import (Conflict, Error, ExecNotFound, InternalError, InvalidArgume
                      PayloadTooLarge, SandboxNotRunning, SandboxTerminated, StdinClosed,
                      Timeout, Unavailable)
 from .image import Image
+from . import image_builder
+from .image_builder import BuildError, ImageSpec
 from .network import Network, Port, Tunnel
 from .process import Process, StdinWriter, StreamReader
 from .sandbox import CommandResult, Sandbox
+
+image_builder.attach_to(Image)  # moat.Image.debian(...).apt_install(...).build(name)
 
 __version__ = "0.1.0"
 
@@ -25,8 +29,8 @@ def health(socket=None):
 
 
 __all__ = [
-    "Client", "CommandResult", "Conflict", "DEFAULT_SOCKET", "Error", "ExecNotFound",
-    "Image", "InternalError", "InvalidArgument", "LimitExceeded", "MethodNotAllowed", "Network", "NotFound",
+    "BuildError", "Client", "CommandResult", "Conflict", "DEFAULT_SOCKET", "Error", "ExecNotFound",
+    "Image", "ImageSpec", "InternalError", "InvalidArgument", "LimitExceeded", "MethodNotAllowed", "Network", "NotFound",
     "OutputTooLarge", "Port", "PayloadTooLarge", "Process", "Sandbox", "SandboxNotRunning",
     "SandboxTerminated", "StdinClosed", "StdinWriter", "StreamReader", "Timeout",
     "Tunnel", "Unavailable", "health",

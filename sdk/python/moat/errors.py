@@ -122,7 +122,7 @@ _BY_CODE = {
     "missing_blob": InvalidArgument,
     "registry_error": Unavailable,
     "debootstrap_failed": Unavailable,
-    "build_step_failed": InvalidArgument,
+    # build_step_failed: moat.BuildError (image_builder.py), with the step.
     "network_unavailable": Unavailable,
 }
 

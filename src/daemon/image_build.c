@@ -41,6 +41,8 @@ struct build {
         char *name;
         json_t *spec; /* {"from", "steps"} */
         bool failed;
+        bool deferring;  /* in run_step: hold the error event until clean-up */
+        json_t *deferred;
 };
 
 static unsigned builds_running;
@@ -133,9 +135,20 @@ static void emit_log(struct build *build, int step, const char *text, size_t len
 
 static int fail(struct build *build, int step, const struct moat_error *error)
 {
+        json_t *event = json_pack("{s:{s:s, s:s}, s:i}", "error", "code", error->code, "message", error->message,
+                                  "step", step);
+
         build->failed = true;
-        emit(build, json_pack("{s:{s:s, s:s}, s:i}", "error", "code", error->code, "message", error->message,
-                              "step", step));
+        /* Inside a step the event waits until the step's sandbox is gone:
+         * a client that stops reading at the error sees a clean store. */
+        if (build->deferring) {
+                if (!build->deferred)
+                        build->deferred = event;
+                else
+                        json_decref(event);
+                return -1;
+        }
+        emit(build, event);
         return -1;
 }
 
@@ -301,12 +314,14 @@ static int run_step(struct build *build, struct moat_client *client, int step, c
         struct moat_output_handler handler = {.on_data = on_step_data, .on_exit = on_step_exit, .userdata = &out};
         int r = -1;
 
+        build->deferring = true;
         /* The build's own sandbox: the image so far, internet egress (the
          * package mirror), generous limits, its own lifetime. */
         body = json_pack("{s:s, s:s, s:i, s:i, s:i, s:i}", "image", base, "network", "internet", "memory", 4096,
                          "disk", 8192, "pids", 4096, "timeout", 3600);
         if (moat_client_request(client, "POST", "/v1/sandboxes", body, &sandbox, &err) < 0) {
                 json_decref(body);
+                build->deferring = false;
                 fail(build, step, err);
                 moat_error_free(err);
                 return -1;
@@ -341,7 +356,7 @@ static int run_step(struct build *build, struct moat_client *client, int step, c
         if (!out.exited || out.status.exit_code != 0) {
                 char message[160];
 
-                snprintf(message, sizeof(message), "step %d exited with code %d", step,
+                snprintf(message, sizeof(message), "the command exited with code %d",
                          out.exited ? out.status.exit_code : -1);
                 fail_text(build, step, "build_step_failed", message);
                 goto out;
@@ -360,6 +375,11 @@ out:
         if (sandbox_path)
                 moat_client_request(client, "DELETE", sandbox_path, NULL, NULL, &err);
         moat_error_free(err);
+        build->deferring = false;
+        if (build->deferred) {
+                emit(build, build->deferred);
+                build->deferred = NULL;
+        }
         json_decref(sandbox);
         json_decref(exec);
         json_decref(image);
@@ -457,24 +477,18 @@ static int copy_layer(struct build *build, int step, const char *src, const char
                  * a directory of the image, 0755 root. */
                 fchmod(target, 0755);
         } else {
-                /* One file: copy it as a one-entry tree into a scratch
-                 * directory beside, then move it to its name. */
-                char one[PATH_MAX];
-                _cleanup_close_ int one_fd = -1, context_parent = -1;
+                /* One file, to dest. Only its own bytes make the digest,
+                 * so a sibling in the context never invalidates the step. */
+                _cleanup_close_ int context_parent = -1;
                 const char *base = strrchr(src, '/') ? strrchr(src, '/') + 1 : src;
                 char src_parent[PATH_MAX];
 
                 snprintf(src_parent, sizeof(src_parent), "%.*s", (int)(base - src), src);
                 context_parent = open_in_context(build, src_parent[0] ? src_parent : ".", O_RDONLY | O_DIRECTORY);
-                image_path(one, sizeof(one), "%s/one", staging);
-                if (context_parent < 0 || mkdir(one, 0700) < 0 ||
-                    (one_fd = open(one, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0)
+                if (context_parent < 0)
                         goto system_fail;
-                if (tree_copy(context_parent, one_fd, &options, &result, &err) < 0)
+                if (tree_copy_file(context_parent, base, parent, leaf, &options, &result, &err) < 0)
                         goto error_fail;
-                if (renameat(one_fd, base, parent, leaf) < 0)
-                        goto system_fail;
-                image_store_remove_tree(one, NULL);
         }
         snprintf(digest_out, 65, "%s", result.digest);
         {

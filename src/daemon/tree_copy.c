@@ -124,8 +124,8 @@ static int copy_xattrs(int source_fd, int target_fd, struct walk *walk, struct m
         return 0;
 }
 
-static int copy_file(int source_dir, int target_dir, const char *name, const struct stat *st, struct walk *walk,
-                     struct moat_error **err)
+static int copy_file_as(int source_dir, const char *name, int target_dir, const char *target_name,
+                        struct walk *walk, struct moat_error **err)
 {
         _cleanup_close_ int in = openat(source_dir, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
         _cleanup_close_ int out = -1;
@@ -138,7 +138,7 @@ static int copy_file(int source_dir, int target_dir, const char *name, const str
                 return in < 0 && errno == ENOENT ? 0 : moat_error_system(err, errno ? errno : EIO, "open `%s`", walk->path);
         map_owner(walk, &now, &uid, &gid);
         hash_header(walk, 'f', &now, uid, gid);
-        out = openat(target_dir, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+        out = openat(target_dir, target_name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
         if (out < 0)
                 return moat_error_system(err, errno, "create `%s`", walk->path);
         for (;;) {
@@ -165,6 +165,12 @@ static int copy_file(int source_dir, int target_dir, const char *name, const str
             futimens(out, (struct timespec[]){now.st_atim, now.st_mtim}) < 0)
                 return err && *err ? -1 : moat_error_system(err, errno, "set attributes of `%s`", walk->path);
         return 0;
+}
+
+static int copy_file(int source_dir, int target_dir, const char *name, const struct stat *st, struct walk *walk,
+                     struct moat_error **err)
+{
+        return copy_file_as(source_dir, name, target_dir, name, walk, err);
 }
 
 static int copy_directory(int source_fd, int target_fd, int depth, struct walk *walk, struct moat_error **err);
@@ -291,6 +297,35 @@ int tree_copy(int source_dir_fd, int target_dir_fd, const struct tree_copy_optio
                         goto out;
                 }
         }
+        EVP_DigestFinal_ex(walk.hash, digest, &digest_length);
+        for (unsigned i = 0; i < digest_length && i < 32; i++)
+                snprintf(result->digest + i * 2, 3, "%02x", digest[i]);
+        r = 0;
+out:
+        EVP_MD_CTX_free(walk.hash);
+        free(walk.buffer);
+        return r;
+}
+
+int tree_copy_file(int source_dir_fd, const char *name, int target_dir_fd, const char *target_name,
+                   const struct tree_copy_options *options, struct tree_copy_result *result, struct moat_error **err)
+{
+        struct walk walk = {.options = options, .result = result};
+        unsigned char digest[EVP_MAX_MD_SIZE];
+        unsigned digest_length = 0;
+        int r = -1;
+
+        memset(result, 0, sizeof(*result));
+        snprintf(walk.path, sizeof(walk.path), "%s", name);
+        walk.hash = EVP_MD_CTX_new();
+        walk.buffer = malloc(COPY_BUFFER);
+        if (!walk.hash || !walk.buffer || EVP_DigestInit_ex(walk.hash, EVP_sha256(), NULL) != 1) {
+                moat_error_set(err, MOAT_ERROR_INTERNAL, ENOMEM, NULL, "start sha256");
+                goto out;
+        }
+        result->entries = 1;
+        if (copy_file_as(source_dir_fd, name, target_dir_fd, target_name, &walk, err) < 0)
+                goto out;
         EVP_DigestFinal_ex(walk.hash, digest, &digest_length);
         for (unsigned i = 0; i < digest_length && i < 32; i++)
                 snprintf(result->digest + i * 2, 3, "%02x", digest[i]);

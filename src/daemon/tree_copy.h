@@ -31,3 +31,9 @@ struct tree_copy_result {
  * skipped (a layer holds files, not handles on hardware). */
 int tree_copy(int source_dir_fd, int target_dir_fd, const struct tree_copy_options *options,
               struct tree_copy_result *result, struct moat_error **err);
+
+/* One regular file, source_dir_fd/name to target_dir_fd/target_name (which
+ * must not exist), with the digest of just that file (the path hashed is
+ * name). Not a regular file: an error. */
+int tree_copy_file(int source_dir_fd, const char *name, int target_dir_fd, const char *target_name,
+                   const struct tree_copy_options *options, struct tree_copy_result *result, struct moat_error **err);

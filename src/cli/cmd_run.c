@@ -284,12 +284,40 @@ static int delete_sandbox(struct moat_client *client, const char *sandbox_id)
         return 0;
 }
 
+/* The image's Entrypoint followed by its Cmd, for `moat run -I IMAGE`. */
+static json_t *image_command(struct moat_client *client, const char *image, struct moat_error **err)
+{
+        _cleanup_free_ char *segment = moat_client_escape_segment(image), *path = NULL;
+        json_auto_t *body = NULL;
+        json_t *argv = json_array(), *part, *config;
+        static const char *const keys[] = {"entrypoint", "cmd"};
+        size_t index;
+
+        if (!argv || !segment || asprintf(&path, "/v1/images/%s", segment) < 0 ||
+            moat_client_request(client, "GET", path, NULL, &body, err) < 0) {
+                json_decref(argv);
+                return NULL;
+        }
+        config = json_object_get(body, "config");
+        for (int k = 0; k < 2; k++)
+                json_array_foreach(json_object_get(config, keys[k]), index, part)
+                        if (json_is_string(part))
+                                json_array_append(argv, part);
+        if (json_array_size(argv) == 0) {
+                json_decref(argv);
+                moat_error_set(err, MOAT_ERROR_INVALID_ARGUMENT, 0, NULL,
+                               "image `%s` has no Entrypoint or Cmd: give a command", image);
+                return NULL;
+        }
+        return argv;
+}
+
 int moat_cmd_run(struct moat_cli *cli, int argc, char **argv)
 {
         struct moat_create_options options;
         struct moat_exit_status status = { 0 };
         struct moat_error *err = NULL;
-        json_auto_t *create_body = NULL, *sandbox = NULL, *exec_body = NULL;
+        json_auto_t *create_body = NULL, *sandbox = NULL, *exec_body = NULL, *image_argv = NULL;
         _cleanup_free_ char *sandbox_id = NULL, *exec_id = NULL;
         struct moat_client *client;
         char error[256];
@@ -299,7 +327,8 @@ int moat_cmd_run(struct moat_cli *cli, int argc, char **argv)
         case MOAT_OPTIONS_HELP:
                 printf("Usage: moat run [OPTIONS] [-i] -- CMD [ARGS...]\n"
                        "Create a sandbox, run CMD in it with its output on ours, delete the sandbox,\n"
-                       "and exit with CMD's exit code.\n\n  -i, --interactive    forward stdin to CMD\n%s",
+                       "and exit with CMD's exit code. Without CMD, -I IMAGE runs the image's own\n"
+                       "command (its Entrypoint and Cmd).\n\n  -i, --interactive    forward stdin to CMD\n%s",
                        create_options_help);
                 return 0;
         case MOAT_OPTIONS_USAGE:
@@ -314,14 +343,21 @@ int moat_cmd_run(struct moat_cli *cli, int argc, char **argv)
                 .interactive = options.interactive,
         };
         create_body = moat_options_create_body(&options, false);
-        exec_body = moat_options_exec_body(&exec_options);
+        client = moat_cli_client(cli, &err);
+        if (!client)
+                goto fail;
+        if (options.command_count == 0) {
+                image_argv = image_command(client, options.image, &err);
+                if (!image_argv)
+                        goto fail;
+                exec_body = json_pack("{s:O, s:b}", "argv", image_argv, "stdin", options.interactive);
+        } else {
+                exec_body = moat_options_exec_body(&exec_options);
+        }
         if (!create_body || !exec_body) {
                 moat_create_options_release(&options);
                 return moat_cli_usage_error("run", "arguments must be valid UTF-8");
         }
-        client = moat_cli_client(cli, &err);
-        if (!client)
-                goto fail;
         install_signal_handlers(client);
         if (moat_client_request(client, "POST", "/v1/sandboxes", create_body, &sandbox, &err) < 0)
                 goto fail;

@@ -265,7 +265,9 @@ enum moat_options_result moat_options_parse_create(int argc, char **argv, enum m
         }
         options.command = argv + optind;
         options.command_count = (size_t)(argc - optind);
-        if (mode == MOAT_OPTIONS_RUN && options.command_count == 0) {
+        /* Without a command, `moat run -I IMAGE` runs the image's own
+         * (Entrypoint + Cmd), as `docker run IMAGE` does. */
+        if (mode == MOAT_OPTIONS_RUN && options.command_count == 0 && !options.image) {
                 usage_error(error, error_size, "missing command: moat run [OPTIONS] -- CMD [ARGS...]");
                 goto fail;
         }

@@ -470,9 +470,9 @@ static void pull_run(void *arg)
                 if (layer_import_directory(job->images_dir, rootfs, job->layers[0], &size, &job->err) < 0)
                         return;
                 job->layer_count = 1;
-                job->config = json_pack("{s:[s], s:s}", "env",
+                job->config = json_pack("{s:[s], s:s, s:[s]}", "env",
                                         "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                                        "workdir", "/");
+                                        "workdir", "/", "cmd", "bash");
                 return;
         }
         /* A registry image: blobs into the store's blob cache (verified,

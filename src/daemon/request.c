@@ -250,7 +250,7 @@ void sandbox_request_clear(struct sandbox_request *r)
 static int parse_sandbox_fields(json_t *root, double host_cores, struct sandbox_request *r, struct moat_error **err)
 {
         static const char *const fields[] = {"image", "cpu", "memory", "disk", "pids", "timeout", "idle_timeout",
-                                             "env", "workdir", "user", "tags", "entrypoint", "network", "ports",
+                                             "env", "workdir", "user", "tags", "entrypoint", "image_command", "network", "ports",
                                              NULL};
         json_t *value;
 
@@ -314,6 +314,12 @@ static int parse_sandbox_fields(json_t *root, double host_cores, struct sandbox_
                         return -1;
                 r->entrypoint = json_incref(value);
         }
+        value = json_object_get(root, "image_command");
+        if (value && !json_is_boolean(value))
+                return moat_error_invalid(err, "`image_command` must be a boolean");
+        r->image_command = value && json_is_true(value);
+        if (r->image_command && r->entrypoint)
+                return moat_error_invalid(err, "`image_command` runs the image's command: give no `entrypoint`");
         if (request_argv_env_bytes(r->entrypoint, r->env) > REQUEST_ARGV_ENV_BYTES_MAX)
                 return moat_error_invalid(err, "argv and env together exceed %d bytes", REQUEST_ARGV_ENV_BYTES_MAX);
         if (net_policy_parse(json_object_get(root, "network"), &r->network, err) < 0 ||

@@ -41,6 +41,7 @@ struct sandbox_request {
         char *user;
         json_t *tags;       /* object of strings; never NULL after parsing */
         json_t *entrypoint; /* array of strings, or NULL */
+        bool image_command; /* no entrypoint given: run the image's Entrypoint + Cmd */
         struct net_policy network;
         struct net_port ports[NET_PORTS_MAX];
         size_t port_count;

@@ -903,6 +903,21 @@ static int apply_image_config(struct sandbox *s, const struct image_record *imag
                 if (request_env_key_valid(key) && !json_object_get(s->config.env, key))
                         json_object_set_new(s->config.env, key, json_string(equals + 1));
         }
+        /* Docker's rule: the command is Entrypoint followed by Cmd. */
+        if (s->config.image_command) {
+                json_t *argv = json_array(), *part;
+                static const char *const keys[] = {"entrypoint", "cmd"};
+
+                for (int k = 0; argv && k < 2; k++)
+                        json_array_foreach(json_object_get(image->config, keys[k]), index, part)
+                                if (json_is_string(part))
+                                        json_array_append(argv, part);
+                if (!argv || json_array_size(argv) == 0) {
+                        json_decref(argv);
+                        return moat_error_invalid(err, "image `%s` has no Entrypoint or Cmd to run", s->config.image);
+                }
+                s->config.entrypoint = argv;
+        }
         if (!s->config.workdir)
                 s->config.workdir = strdup(workdir && workdir[0] == '/' ? workdir : "/");
         if (!s->config.user)

@@ -108,8 +108,12 @@ static void test_bad_flags_are_usage_errors(void **state)
         assert_int_equal(PARSE_CREATE(MOAT_OPTIONS_RUN, &o, error, "run", "-e", "=v", "true"), MOAT_OPTIONS_USAGE);
         assert_int_equal(PARSE_CREATE(MOAT_OPTIONS_RUN, &o, error, "run", "--tag", "novalue", "true"),
                          MOAT_OPTIONS_USAGE);
-        assert_int_equal(PARSE_CREATE(MOAT_OPTIONS_RUN, &o, error, "run", "--image", "x"), MOAT_OPTIONS_USAGE);
+        assert_int_equal(PARSE_CREATE(MOAT_OPTIONS_RUN, &o, error, "run", "--cpu", "1"), MOAT_OPTIONS_USAGE);
         assert_non_null(strstr(error, "missing command"));
+        /* With an image and no command: the image's own command. */
+        assert_int_equal(PARSE_CREATE(MOAT_OPTIONS_RUN, &o, error, "run", "--image", "x"), MOAT_OPTIONS_OK);
+        assert_int_equal(o.command_count, 0);
+        moat_create_options_release(&o);
         assert_int_equal(PARSE_CREATE(MOAT_OPTIONS_CREATE, &o, error, "create", "-i"), MOAT_OPTIONS_USAGE);
         assert_int_equal(PARSE_CREATE(MOAT_OPTIONS_RUN, &o, error, "run", "-h"), MOAT_OPTIONS_HELP);
 }

@@ -60,7 +60,8 @@ static int list_names(int dir_fd, char ***ret_names, size_t *ret_count, struct m
                 count++;
         }
         closedir(dir);
-        qsort(names, count, sizeof(*names), compare_names);
+        if (count > 1) /* qsort(NULL, 0) is undefined */
+                qsort(names, count, sizeof(*names), compare_names);
         *ret_names = names;
         *ret_count = count;
         return 0;

@@ -4,7 +4,7 @@
 set -euo pipefail
 
 build=(meson ninja-build pkg-config gcc libc6-dev libldns-dev libmnl-dev libnftables-dev nftables
-       libarchive-dev libssl-dev debootstrap
+       libarchive-dev libssl-dev debootstrap e2fsprogs
        libevent-dev libjansson-dev libseccomp-dev libsqlite3-dev libcurl4-openssl-dev)
 test=(libcmocka-dev python3 python3-pytest iproute2 procps util-linux skopeo docker-registry openssl)
 bench=(crun runc runsc bubblewrap)

@@ -59,6 +59,16 @@ static int validate_config(const struct moat_cell_config *config, struct moat_er
         for (unsigned i = 0; i < config->lower_count; i++)
                 if (!config->lowers[i] || config->lowers[i][0] != '/' || strlen(config->lowers[i]) >= PATH_MAX)
                         return moat_error_invalid(err, "image layer %u is not an absolute path", i);
+        /* Every mount fd travels in the one "go" message, whose size the
+         * child's receive buffer fixes. */
+        if (config->bind_count > MOAT_CELL_BIND_MAX ||
+            config->lower_count + (config->bind_host_usr ? 1u : 0u) + config->bind_count > MOAT_CELL_LOWER_MAX + 1)
+                return moat_error_invalid(err, "too many image layers and volumes (at most %d mounts)",
+                                          MOAT_CELL_LOWER_MAX + 1);
+        for (unsigned i = 0; i < config->bind_count; i++)
+                if (!config->binds[i].source_dir || config->binds[i].source_dir[0] != '/' || !config->binds[i].target ||
+                    config->binds[i].target[0] != '/' || strlen(config->binds[i].target) >= 256)
+                        return moat_error_invalid(err, "volume %u needs an absolute source and target", i);
         if (config->disk_bytes < MIN_DISK_BYTES)
                 return moat_error_invalid(err, "disk_bytes must be at least 1 MiB");
         /* Host id 0 would make sandbox root host root. */
@@ -125,6 +135,28 @@ static int send_go(int sync_fd, const int *fds, unsigned count, struct moat_erro
         return 0;
 }
 
+/* The child's failure report, if one is waiting on the sync socket (the
+ * child failed a step and exited): returns 1 with *err set from it, else 0.
+ * Used when the parent's half fails on a closed socket (EPIPE), so the
+ * error names the child's step instead of the broken pipe it caused. */
+static int take_child_report(int sync_fd, struct moat_error **err)
+{
+        struct moat_child_report report;
+
+        ssize_t n = recv(sync_fd, &report, sizeof(report), MSG_DONTWAIT);
+
+        if (n < 0 && errno == ECONNRESET) /* see wait_for_child() */
+                n = recv(sync_fd, &report, sizeof(report), MSG_DONTWAIT);
+        if (n != (ssize_t)sizeof(report))
+                return 0;
+        report.syscall[sizeof(report.syscall) - 1] = '\0';
+        report.path[sizeof(report.path) - 1] = '\0';
+        moat_error_set(err, MOAT_ERROR_SYSTEM, report.errno_value, "cell_setup_failed",
+                       "sandbox set-up failed at step `%s`: %s `%s`", moat_child_step_name(report.step),
+                       report.syscall, report.path);
+        return 1;
+}
+
 /* Wait until the child execs init (the sync socket reaches EOF: it was
  * CLOEXEC) or reports a failed step. */
 static int wait_for_child(struct moat_cell *cell, int sync_fd, struct moat_error **err)
@@ -144,6 +176,11 @@ static int wait_for_child(struct moat_cell *cell, int sync_fd, struct moat_error
         if (r < 0)
                 return moat_error_system(err, errno, "poll sync socket");
         n = recv(sync_fd, &report, sizeof(report), 0);
+        /* A child that exits with our "listening" byte unread leaves
+         * ECONNRESET pending on our end, which the kernel reports (once)
+         * before the queued report: read again for the report. */
+        if (n < 0 && errno == ECONNRESET)
+                n = recv(sync_fd, &report, sizeof(report), MSG_DONTWAIT);
         if (n == (ssize_t)sizeof(report)) {
                 report.syscall[sizeof(report.syscall) - 1] = '\0';
                 report.path[sizeof(report.path) - 1] = '\0';
@@ -170,6 +207,32 @@ static void close_all(int *fds, unsigned count)
 
 /* The parent's half, between clone3 and "go": everything that needs real
  * root on the host. */
+/* A volume: like an image layer (idmapped through the sandbox's user
+ * namespace, nosuid, nodev) but writable unless read_only. The idmap is the
+ * identity of the sandbox's view: sandbox uid 1000 reads and writes on-disk
+ * uid 1000 in every sandbox, which is what makes a volume shared. nosuid,
+ * nodev: a setuid file or device node planted in a volume grants nothing.
+ * Defends against: a sandbox's files landing owned by its host range (which
+ * another sandbox could not use), and host-id ownership leaking in. */
+static int open_volume_tree(const struct moat_cell_bind *bind, int userns_fd, struct moat_error **err)
+{
+        _cleanup_close_ int tree = -1;
+        struct mount_attr attr = {
+                .attr_set = MOUNT_ATTR_IDMAP | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV |
+                            (bind->read_only ? MOUNT_ATTR_RDONLY : 0),
+                .userns_fd = (uint64_t)userns_fd,
+        };
+
+        tree = (int)syscall(SYS_open_tree, AT_FDCWD, bind->source_dir,
+                            OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_SYMLINK_NOFOLLOW);
+        if (tree < 0)
+                return moat_error_system(err, errno, "open_tree `%s`", bind->source_dir);
+        if (syscall(SYS_mount_setattr, tree, "", AT_EMPTY_PATH, &attr, sizeof(attr)) < 0)
+                return moat_error_set(err, MOAT_ERROR_SYSTEM, errno, "idmap_unsupported",
+                                      "mount_setattr(MOUNT_ATTR_IDMAP) `%s`", bind->source_dir);
+        return TAKE_FD(tree);
+}
+
 static int prepare_child(struct moat_cell *cell, const struct moat_cell_config *config, int sync_fd,
                          struct moat_error **err)
 {
@@ -197,6 +260,12 @@ static int prepare_child(struct moat_cell *cell, const struct moat_cell_config *
         }
         if (config->bind_host_usr) {
                 mount_fds[count] = moat_idmap_open_tree("/usr", userns_fd, err);
+                if (mount_fds[count] < 0)
+                        goto out;
+                count++;
+        }
+        for (unsigned i = 0; i < config->bind_count; i++) {
+                mount_fds[count] = open_volume_tree(&config->binds[i], userns_fd, err);
                 if (mount_fds[count] < 0)
                         goto out;
                 count++;
@@ -580,7 +649,7 @@ int moat_cell_create(struct moat_cell_runtime *runtime, const struct moat_cell_c
         }
         cell->pid = (pid_t)pid;
         if (half.result < 0) {
-                if (err && !*err)
+                if (err && !*err && !take_child_report(sync_fds[0], err))
                         *err = TAKE_PTR(half.err);
                 moat_error_free(half.err);
                 moat_error_wrap(err, "create sandbox `%s`", config->id);

@@ -27,6 +27,16 @@ void moat_cell_runtime_free(struct moat_cell_runtime *runtime);
 const char *moat_cell_runtime_cgroup_version(const struct moat_cell_runtime *runtime);
 
 #define MOAT_CELL_LOWER_MAX 64
+#define MOAT_CELL_BIND_MAX 16
+
+/* A directory of the host (a volume's data dir) mounted into the sandbox at
+ * target through an idmapped clone: ids stored 0..65535 on disk appear as
+ * the same ids inside every sandbox, whatever host range each one uses. */
+struct moat_cell_bind {
+        const char *source_dir;
+        const char *target; /* absolute, normalized; created inside the new root */
+        bool read_only;
+};
 
 struct moat_cell_config {
         const char *id;       /* sandbox id: names the cgroup and the control socket */
@@ -37,6 +47,8 @@ struct moat_cell_config {
         const char *lowers[MOAT_CELL_LOWER_MAX];
         unsigned lower_count;
         bool bind_host_usr; /* the `host` image: host /usr read-only over /usr */
+        struct moat_cell_bind binds[MOAT_CELL_BIND_MAX]; /* volumes, mounted last, in order */
+        unsigned bind_count;
         uint64_t memory_bytes; /* memory limit; swap is not allowed beyond it */
         uint64_t disk_bytes;   /* size of the private writable layer */
         uint32_t pids_max;

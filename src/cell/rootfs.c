@@ -13,6 +13,7 @@
  *       sys       a fresh sysfs of its network namespace, read-only
  *       tmp       mode 1777 on the overlay
  *       etc/hosts, etc/hostname, etc/resolv.conf  generated
+ *       <target>  each volume: an idmapped clone of its data dir, from the parent
  *
  * Every path inside the image is resolved with openat2(RESOLVE_IN_ROOT |
  * RESOLVE_NO_SYMLINKS) from the new root and mounted through its fd.
@@ -306,13 +307,68 @@ static int write_etc_files(const struct moat_child_plan *plan, int root_fd, stru
         return 0;
 }
 
+/* Mount a volume (an idmapped tree from the parent) on its target, made
+ * inside the new root component by component. Each step is mkdirat + openat2
+ * (RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS) relative to the previous
+ * directory's fd, so a symlink the image placed anywhere on the path (say
+ * /data -> /proc/self/root/etc) fails the set-up instead of steering the
+ * mount onto another tree. Done before pivot_root: afterwards the sandbox
+ * could not mount it (no CAP_SYS_ADMIN over the host's mounts). */
+static int mount_volume(int root_fd, const struct moat_cell_bind *bind, int tree_fd, struct moat_child_report *report)
+{
+        char component[256];
+        const char *p = bind->target;
+        int directory = -1;
+
+        while (*p == '/')
+                p++;
+        while (*p) {
+                size_t n = strcspn(p, "/");
+                int next;
+
+                if (n >= sizeof(component)) {
+                        if (directory >= 0)
+                                close(directory);
+                        return moat_child_fail(report, MOAT_STEP_OVERLAY, ENAMETOOLONG, "volume target", bind->target);
+                }
+                memcpy(component, p, n);
+                component[n] = '\0';
+                if (mkdirat(directory >= 0 ? directory : root_fd, component, 0755) < 0 && errno != EEXIST) {
+                        int saved = errno;
+                        if (directory >= 0)
+                                close(directory);
+                        return moat_child_fail(report, MOAT_STEP_OVERLAY, saved, "mkdirat volume target", bind->target);
+                }
+                next = open_in_root(directory >= 0 ? directory : root_fd, component, O_PATH | O_DIRECTORY);
+                if (directory >= 0)
+                        close(directory);
+                if (next < 0)
+                        return moat_child_fail(report, MOAT_STEP_OVERLAY, errno, "openat2 volume target", bind->target);
+                directory = next;
+                p += n;
+                while (*p == '/')
+                        p++;
+        }
+        if (directory < 0)
+                return moat_child_fail(report, MOAT_STEP_OVERLAY, EINVAL, "volume target", bind->target);
+        if (syscall(SYS_move_mount, tree_fd, "", directory, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH) < 0) {
+                int saved = errno;
+                close(directory);
+                return moat_child_fail(report, MOAT_STEP_OVERLAY, saved, "move_mount volume", bind->target);
+        }
+        close(directory);
+        return 0;
+}
+
 int moat_rootfs_build(const struct moat_child_plan *plan, int scratch_fd, const int *mount_fds,
                       unsigned mount_fd_count, struct moat_child_report *report)
 {
         const struct moat_cell_config *config = plan->config;
         _cleanup_close_ int root_fd = -1;
 
-        if (mount_fd_count != config->lower_count + (config->bind_host_usr ? 1u : 0u))
+        unsigned volumes_at = config->lower_count + (config->bind_host_usr ? 1u : 0u);
+
+        if (mount_fd_count != volumes_at + config->bind_count)
                 return moat_child_fail(report, MOAT_STEP_OVERLAY, EPROTO, "recvmsg", "mount fds");
         if (build_overlay(plan, scratch_fd, mount_fds, report) < 0)
                 return -1;
@@ -324,6 +380,10 @@ int moat_rootfs_build(const struct moat_child_plan *plan, int scratch_fd, const 
         if (mount_proc(root_fd, report) < 0 || mount_dev(root_fd, report) < 0 || mount_sys(plan, root_fd, report) < 0 ||
             make_tmp(root_fd, report) < 0 || write_etc_files(plan, root_fd, report) < 0)
                 return -1;
+        /* Last: a volume may sit under /tmp or /etc, made above. */
+        for (unsigned i = 0; i < config->bind_count; i++)
+                if (mount_volume(root_fd, &config->binds[i], mount_fds[volumes_at + i], report) < 0)
+                        return -1;
         return TAKE_FD(root_fd);
 }
 

@@ -39,6 +39,9 @@ int moat_cmd_image(struct moat_cli *cli, int argc, char **argv);
 /* moat image build (cmd_build.c); argv[0] is "build". */
 int moat_cmd_image_build(struct moat_cli *cli, int argc, char **argv);
 int moat_cmd_snapshot(struct moat_cli *cli, int argc, char **argv);
+/* moat cp (cmd_cp.c): files and directories into and out of a sandbox. */
+int moat_cmd_cp(struct moat_cli *cli, int argc, char **argv);
 int moat_cmd_doctor(struct moat_cli *cli, int argc, char **argv);
 int moat_cmd_network(struct moat_cli *cli, int argc, char **argv);
 int moat_cmd_tunnels(struct moat_cli *cli, int argc, char **argv);
+int moat_cmd_volume(struct moat_cli *cli, int argc, char **argv);

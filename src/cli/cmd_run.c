@@ -263,6 +263,7 @@ static const char create_options_help[] =
         "      --network SPEC   none (default), internet, or allow:ENTRY,... (CIDRs, domains, *.domains)\n"
         "      --port N         expose port N through moatd, with a token (repeatable)\n"
         "      --public-port N  expose port N without a token (repeatable)\n"
+        "      --volume NAME:/path[:ro]  mount a volume (repeatable)\n"
         "      --json           print JSON\n";
 
 static int delete_sandbox(struct moat_client *client, const char *sandbox_id)

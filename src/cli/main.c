@@ -26,6 +26,8 @@ static const struct command commands[] = {
         { "network", moat_cmd_network, "change a running sandbox's network policy" },
         { "tunnels", moat_cmd_tunnels, "list a sandbox's exposed ports" },
         { "image", moat_cmd_image, "list, pull, import, inspect and remove images" },
+        { "volume", moat_cmd_volume, "create, list, inspect and remove volumes" },
+        { "cp", moat_cmd_cp, "copy files and directories into and out of a sandbox" },
         { "snapshot", moat_cmd_snapshot, "turn a sandbox's filesystem into an image" },
         { "doctor", moat_cmd_doctor, "check that this host can run sandboxes" },
 };

@@ -72,6 +72,7 @@ void moat_create_options_release(struct moat_create_options *options)
 {
         string_list_release(&options->env);
         string_list_release(&options->tags);
+        string_list_release(&options->volumes);
 }
 
 void moat_exec_options_release(struct moat_exec_options *options)
@@ -113,6 +114,7 @@ enum {
         OPTION_NETWORK,
         OPTION_PORT,
         OPTION_PUBLIC_PORT,
+        OPTION_VOLUME,
         OPTION_JSON,
 };
 
@@ -164,6 +166,7 @@ enum moat_options_result moat_options_parse_create(int argc, char **argv, enum m
                 { "network", required_argument, NULL, OPTION_NETWORK },
                 { "port", required_argument, NULL, OPTION_PORT },
                 { "public-port", required_argument, NULL, OPTION_PUBLIC_PORT },
+                { "volume", required_argument, NULL, OPTION_VOLUME },
                 { "json", no_argument, NULL, OPTION_JSON },
                 { "interactive", no_argument, NULL, 'i' },
                 { "help", no_argument, NULL, 'h' },
@@ -240,6 +243,24 @@ enum moat_options_result moat_options_parse_create(int argc, char **argv, enum m
                         }
                         options.ports_public[options.port_count] = option == OPTION_PUBLIC_PORT;
                         options.ports[options.port_count++] = port;
+                        break;
+                }
+                case OPTION_VOLUME: {
+                        char name[64], path[300];
+                        bool read_only;
+
+                        if (moat_options_volume(optarg, name, sizeof(name), path, sizeof(path), &read_only) < 0) {
+                                usage_error(error, error_size, "--volume expects NAME:/path[:ro], got `%s`", optarg);
+                                goto fail;
+                        }
+                        if (options.volumes.count == 16) {
+                                usage_error(error, error_size, "at most 16 volumes");
+                                goto fail;
+                        }
+                        if (moat_string_list_append(&options.volumes, optarg) < 0) {
+                                usage_error(error, error_size, "out of memory");
+                                goto fail;
+                        }
                         break;
                 }
                 case 'i':
@@ -414,6 +435,22 @@ json_t *moat_options_create_body(const struct moat_create_options *options, bool
                                                              : json_integer(options->ports[i]));
                 failed |= set_field(body, "ports", ports);
         }
+        if (options->volumes.count > 0) {
+                json_t *volumes = json_object();
+
+                for (size_t i = 0; volumes && i < options->volumes.count; i++) {
+                        char name[64], path[300];
+                        bool read_only;
+
+                        if (moat_options_volume(options->volumes.items[i], name, sizeof(name), path, sizeof(path),
+                                                &read_only) < 0 ||
+                            json_object_set_new(volumes, path,
+                                                read_only ? json_pack("{s:s, s:b}", "name", name, "read_only", 1)
+                                                          : json_string(name)) < 0)
+                                failed = true;
+                }
+                failed |= set_field(body, "volumes", volumes);
+        }
         if (failed)
                 return NULL; /* a string that is not UTF-8, or out of memory */
         return json_incref(body);
@@ -440,6 +477,31 @@ json_t *moat_options_exec_body(const struct moat_exec_options *options)
         if (failed)
                 return NULL;
         return json_incref(body);
+}
+
+int moat_options_volume(const char *spec, char *name, size_t name_size, char *path, size_t path_size,
+                        bool *ret_read_only)
+{
+        const char *colon = strchr(spec, ':'), *tail;
+        size_t name_length, path_length;
+
+        /* The server checks the name's characters and the path's form; here
+         * only the shape, so a typo is a usage error before any request. */
+        if (!colon || colon == spec || colon[1] != '/')
+                return -1;
+        name_length = (size_t)(colon - spec);
+        tail = colon + 1;
+        path_length = strlen(tail);
+        *ret_read_only = path_length > 3 && strcmp(tail + path_length - 3, ":ro") == 0;
+        if (*ret_read_only)
+                path_length -= 3;
+        if (name_length >= name_size || path_length >= path_size || memchr(tail, ':', path_length))
+                return -1;
+        memcpy(name, spec, name_length);
+        name[name_length] = '\0';
+        memcpy(path, tail, path_length);
+        path[path_length] = '\0';
+        return 0;
 }
 
 json_t *moat_options_network(const char *spec, char *error, size_t error_size)

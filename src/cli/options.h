@@ -30,6 +30,7 @@ struct moat_create_options {
         long ports[16];               /* --port / --public-port, in order */
         bool ports_public[16];
         size_t port_count;
+        struct moat_string_list volumes; /* --volume NAME:/path[:ro], checked by moat_options_volume */
         bool json;
         bool interactive;             /* run -i: forward our stdin */
         char **command;               /* run: CMD ARGS; create: ENTRYPOINT (may be empty) */
@@ -74,6 +75,12 @@ int moat_string_list_append(struct moat_string_list *list, const char *item);
 /* "none", "internet", "allow:ENTRY,ENTRY,..." (CIDRs and domain names) to
  * the API's network object. NULL with a message in error if malformed. */
 json_t *moat_options_network(const char *spec, char *error, size_t error_size);
+
+/* "NAME:/path" or "NAME:/path:ro" split into the volume name, the mount path
+ * and whether read-only (the create body's "volumes" entry). -1 if malformed
+ * or a part does not fit its buffer. */
+int moat_options_volume(const char *spec, char *name, size_t name_size, char *path, size_t path_size,
+                        bool *ret_read_only);
 
 /* "K=V" strings to a JSON object (later keys win). NULL on allocation failure. */
 json_t *moat_options_pairs_to_object(const struct moat_string_list *pairs);

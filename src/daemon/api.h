@@ -83,3 +83,24 @@ void api_images_get(struct api_call *call);
 void api_images_prune(struct api_call *call);
 void api_images_pull(struct api_call *call);
 void api_sandboxes_snapshot(struct api_call *call);
+/* api_files.c */
+void api_files_content_get(struct api_call *call);
+void api_files_content_put(struct api_call *call);
+void api_files_stat(struct api_call *call);
+void api_files_list(struct api_call *call);
+void api_files_mkdir(struct api_call *call);
+void api_files_remove(struct api_call *call);
+void api_files_move(struct api_call *call);
+void api_files_chmod(struct api_call *call);
+void api_files_archive_get(struct api_call *call);
+void api_files_archive_put(struct api_call *call);
+void api_files_watch(struct api_call *call);
+/* api_volumes.c */
+void api_volumes_create(struct api_call *call);
+void api_volumes_list(struct api_call *call);
+void api_volumes_get(struct api_call *call);
+void api_volumes_delete(struct api_call *call);
+void api_volumes_content_get(struct api_call *call);
+void api_volumes_content_put(struct api_call *call);
+void api_volumes_list_files(struct api_call *call);
+void api_volumes_remove_file(struct api_call *call);

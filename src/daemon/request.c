@@ -244,14 +244,93 @@ void sandbox_request_clear(struct sandbox_request *r)
         if (r->entrypoint)
                 json_decref(r->entrypoint);
         net_policy_clear(&r->network);
+        for (size_t i = 0; i < r->volume_count; i++) {
+                free(r->volumes[i].target);
+                free(r->volumes[i].name);
+        }
         memset(r, 0, sizeof(*r));
+}
+
+bool request_volume_target_valid(const char *target)
+{
+        static const char *const refused[] = {"/proc", "/sys", "/dev"};
+        size_t length = strlen(target);
+
+        if (length < 2 || length > REQUEST_VOLUME_TARGET_MAX || target[0] != '/' || target[length - 1] == '/')
+                return false;
+        for (const char *p = target; *p; p++)
+                if ((unsigned char)*p < 0x20 || *p == 0x7f)
+                        return false;
+        /* Normalized: each component non-empty and neither "." nor "..", so
+         * the string is the path the child walks, component by component. */
+        for (const char *component = target + 1; component;) {
+                const char *end = strchr(component, '/');
+                size_t n = end ? (size_t)(end - component) : strlen(component);
+                if (n == 0 || (n == 1 && component[0] == '.') || (n == 2 && component[0] == '.' && component[1] == '.'))
+                        return false;
+                component = end ? end + 1 : NULL;
+        }
+        /* The kernel's and moat's own mounts: a volume there would hide
+         * or replace them (and /proc masks). */
+        for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++) {
+                size_t n = strlen(refused[i]);
+                if (strncmp(target, refused[i], n) == 0 && (target[n] == '\0' || target[n] == '/'))
+                        return false;
+        }
+        return true;
+}
+
+/* "volumes": {"/data": "name"} or {"/data": {"name": "x", "read_only": true}} */
+static int parse_volumes(json_t *value, struct sandbox_request *r, struct moat_error **err)
+{
+        const char *target;
+        json_t *entry;
+
+        if (!value || json_is_null(value))
+                return 0;
+        if (!json_is_object(value))
+                return moat_error_invalid(err, "volumes must be an object {\"/path\": \"volume name\"}");
+        if (json_object_size(value) > REQUEST_VOLUMES_MAX)
+                return moat_error_invalid(err, "at most %d volumes", REQUEST_VOLUMES_MAX);
+        json_object_foreach(value, target, entry) {
+                struct request_volume *volume = &r->volumes[r->volume_count];
+                const char *name = NULL;
+                int read_only = 0;
+
+                if (!request_volume_target_valid(target))
+                        return moat_error_set(err, MOAT_ERROR_INVALID_ARGUMENT, 0, "invalid_mount_target",
+                                              "volume mount target `%.300s` must be an absolute normalized path, "
+                                              "not / and not under /proc, /sys or /dev", target);
+                /* The body parser already refuses a key given twice; kept
+                 * so the rule holds whatever the parser's flags become. */
+                for (size_t i = 0; i < r->volume_count; i++)
+                        if (strcmp(r->volumes[i].target, target) == 0)
+                                return moat_error_set(err, MOAT_ERROR_INVALID_ARGUMENT, 0, "invalid_mount_target",
+                                                      "volume mount target `%s` given twice", target);
+                if (json_is_string(entry))
+                        name = json_string_value(entry);
+                else if (!json_is_object(entry) ||
+                         json_unpack_ex(entry, NULL, JSON_STRICT, "{s:s,s?b}", "name", &name, "read_only", &read_only) < 0)
+                        return moat_error_invalid(err, "volumes[\"%s\"] must be a name or {\"name\", \"read_only\"}",
+                                                  target);
+                if (strlen(name) == 0 || strlen(name) > 63)
+                        return moat_error_set(err, MOAT_ERROR_INVALID_ARGUMENT, 0, "invalid_volume_name",
+                                              "volumes[\"%s\"]: bad volume name", target);
+                volume->target = strdup(target);
+                volume->name = strdup(name);
+                volume->read_only = read_only != 0;
+                r->volume_count++;
+                if (!volume->target || !volume->name)
+                        return moat_error_set(err, MOAT_ERROR_INTERNAL, ENOMEM, NULL, "strdup");
+        }
+        return 0;
 }
 
 static int parse_sandbox_fields(json_t *root, double host_cores, struct sandbox_request *r, struct moat_error **err)
 {
         static const char *const fields[] = {"image", "cpu", "memory", "disk", "pids", "timeout", "idle_timeout",
                                              "env", "workdir", "user", "tags", "entrypoint", "image_command", "network", "ports",
-                                             NULL};
+                                             "volumes", NULL};
         json_t *value;
 
         if (check_fields(root, fields, err) < 0)
@@ -323,7 +402,8 @@ static int parse_sandbox_fields(json_t *root, double host_cores, struct sandbox_
         if (request_argv_env_bytes(r->entrypoint, r->env) > REQUEST_ARGV_ENV_BYTES_MAX)
                 return moat_error_invalid(err, "argv and env together exceed %d bytes", REQUEST_ARGV_ENV_BYTES_MAX);
         if (net_policy_parse(json_object_get(root, "network"), &r->network, err) < 0 ||
-            net_ports_parse(json_object_get(root, "ports"), r->ports, &r->port_count, err) < 0)
+            net_ports_parse(json_object_get(root, "ports"), r->ports, &r->port_count, err) < 0 ||
+            parse_volumes(json_object_get(root, "volumes"), r, err) < 0)
                 return -1;
         return 0;
 }

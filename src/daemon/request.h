@@ -28,6 +28,16 @@
 #define REQUEST_IMAGE_NAME_MAX 200
 #define REQUEST_SECONDS_MAX 86400
 
+#define REQUEST_VOLUMES_MAX 16
+#define REQUEST_VOLUME_TARGET_MAX 256
+
+/* One "volumes" entry: mount volume `name` at `target` (absolute, normalized). */
+struct request_volume {
+        char *target;
+        char *name;
+        bool read_only;
+};
+
 struct sandbox_request {
         char *image;
         double cpu;           /* cores */
@@ -45,6 +55,8 @@ struct sandbox_request {
         struct net_policy network;
         struct net_port ports[NET_PORTS_MAX];
         size_t port_count;
+        struct request_volume volumes[REQUEST_VOLUMES_MAX];
+        size_t volume_count;
 };
 
 struct exec_request {
@@ -84,6 +96,10 @@ int request_parse_image_import(const char *body, size_t length, char **ret_path,
                                struct moat_error **err);
 /* [a-z0-9][a-z0-9._:/@-]{0,199}, no ".." or "//" */
 bool request_image_name_valid(const char *name);
+
+/* A volume mount target: absolute, normalized (no "//", ".", "..", trailing
+ * "/"), not "/", not under /proc, /sys or /dev, at most 256 bytes. */
+bool request_volume_target_valid(const char *target);
 
 /* `?timeout=S`: a number of seconds in [0, 86400]. */
 int request_parse_seconds(const char *value, double *ret_seconds, struct moat_error **err);

@@ -1,4 +1,5 @@
 #include "sandbox.h"
+#include "volume.h"
 
 #include <errno.h>
 #include <signal.h>
@@ -148,6 +149,8 @@ static json_t *time_or_null(int64_t ms)
         return json_string(text);
 }
 
+static json_t *volumes_json(const struct sandbox_request *c);
+
 json_t *sandbox_to_json(const struct sandbox *s)
 {
         const struct sandbox_request *c = &s->config;
@@ -170,10 +173,23 @@ json_t *sandbox_to_json(const struct sandbox *s)
         if (o) {
                 json_object_set_new(o, "network",
                                     net_policy_to_json(s->net ? moat_net_sandbox_policy(s->net) : &c->network));
+                json_object_set_new(o, "volumes", volumes_json(c));
                 json_object_set_new(o, "tunnels", s->net && s->state == SANDBOX_RUNNING
                                                           ? moat_net_sandbox_tunnels_json(s->net)
                                                           : json_array());
         }
+        return o;
+}
+
+/* {"/data": {"name": "x", "read_only": false}}: the create body's form. */
+static json_t *volumes_json(const struct sandbox_request *c)
+{
+        json_t *o = json_object();
+
+        for (size_t i = 0; o && i < c->volume_count; i++)
+                json_object_set_new(o, c->volumes[i].target,
+                                    json_pack("{s:s,s:b}", "name", c->volumes[i].name, "read_only",
+                                              c->volumes[i].read_only));
         return o;
 }
 
@@ -193,6 +209,8 @@ static char *config_json(const struct sandbox *s)
         if (c->idle_timeout_s)
                 json_object_set_new(o, "idle_timeout", json_integer(c->idle_timeout_s));
         json_object_set_new(o, "network", net_policy_to_json(&c->network));
+        if (c->volume_count)
+                json_object_set_new(o, "volumes", volumes_json(c));
         if (c->port_count) {
                 json_t *ports = json_array();
 
@@ -738,6 +756,7 @@ struct create_job {
         struct moat_cell_runtime *runtime;
         struct moat_cell_config config;
         char lowers[MOAT_CELL_LOWER_MAX][PATH_MAX];
+        char volume_sources[MOAT_CELL_BIND_MAX][PATH_MAX]; /* each volume's data dir */
         struct moat_net *net_runtime;
         const struct net_policy *policy; /* the sandbox's request: nobody changes it while the job runs */
         struct moat_net_sandbox *net;
@@ -927,6 +946,24 @@ static int apply_image_config(struct sandbox *s, const struct image_record *imag
         return 0;
 }
 
+/* Each requested volume name to its data directory, now: a volume deleted
+ * later cannot be (it is in use from here on, see sandbox_volume_in_use). */
+static int resolve_volumes(struct sandbox *s, struct create_job *job, struct moat_error **err)
+{
+        for (size_t i = 0; i < s->config.volume_count; i++) {
+                const struct volume *volume;
+
+                if (!volume_name_valid(s->config.volumes[i].name))
+                        return moat_error_set(err, MOAT_ERROR_INVALID_ARGUMENT, 0, "invalid_volume_name",
+                                              "`%s` is not a volume name", s->config.volumes[i].name);
+                volume = volume_find(s->config.volumes[i].name, err);
+                if (!volume)
+                        return -1;
+                snprintf(job->volume_sources[i], sizeof(job->volume_sources[i]), "%s", volume->data_path);
+        }
+        return 0;
+}
+
 void sandbox_create(struct moatd *daemon, struct sandbox_request *config, struct evhttp_request *request)
 {
         struct moat_error *err = NULL;
@@ -957,7 +994,8 @@ void sandbox_create(struct moatd *daemon, struct sandbox_request *config, struct
         image = image_store_find(daemon, s->config.image, &err);
         if (!image || image_store_lowers(daemon, image, job->lowers, &lower_count, &host_usr, &err) < 0 ||
             apply_image_config(s, image, &err) < 0 || moat_id_generate("sb-", s->id, &err) < 0 ||
-            pick_host_id_base(daemon, &s->host_id_base, &err) < 0)
+            pick_host_id_base(daemon, &s->host_id_base, &err) < 0 ||
+            resolve_volumes(s, job, &err) < 0)
                 goto fail;
         snprintf(s->image_id, sizeof(s->image_id), "%s", image->id);
         s->shell = strdup(image_store_shell(daemon, image));
@@ -995,6 +1033,12 @@ void sandbox_create(struct moatd *daemon, struct sandbox_request *config, struct
         };
         for (unsigned i = 0; i < lower_count; i++)
                 job->config.lowers[i] = job->lowers[i];
+        for (size_t i = 0; i < s->config.volume_count; i++) {
+                job->config.binds[i] = (struct moat_cell_bind){.source_dir = job->volume_sources[i],
+                                                               .target = s->config.volumes[i].target,
+                                                               .read_only = s->config.volumes[i].read_only};
+                job->config.bind_count++;
+        }
         s->create_hold = api_hold_new(daemon, request, on_create_client_gone, s);
         if (!s->create_hold) {
                 store_delete_sandbox(daemon->store, s->id, NULL);
@@ -1145,7 +1189,11 @@ static int load_row(const struct store_sandbox_row *row, void *arg)
 
 int sandbox_load_records(struct moatd *daemon, struct moat_error **err)
 {
-        return store_for_each_sandbox(daemon->store, load_row, daemon, err);
+        if (store_for_each_sandbox(daemon->store, load_row, daemon, err) < 0)
+                return -1;
+        /* After the reaping above: no sandbox of a crashed moatd still
+         * writes to a volume while it is re-attached. */
+        return volume_registry_load(daemon, err);
 }
 
 void sandbox_stop_all(struct moatd *daemon)
@@ -1172,4 +1220,18 @@ void sandbox_free_all(struct moatd *daemon)
         while (daemon->sandboxes)
                 list_remove(daemon->sandboxes);
         sandbox_graveyard_flush(daemon);
+        /* Every sandbox is gone: unmount the volumes (clean exit). */
+        volume_registry_close(daemon);
+}
+
+bool sandbox_volume_in_use(struct moatd *daemon, const char *name)
+{
+        for (struct sandbox *s = daemon->sandboxes; s; s = s->next) {
+                if (s->state == SANDBOX_STOPPED && !s->cell && !s->tearing_down && !s->create_in_flight)
+                        continue;
+                for (size_t i = 0; i < s->config.volume_count; i++)
+                        if (strcmp(s->config.volumes[i].name, name) == 0)
+                                return true;
+        }
+        return false;
 }

@@ -114,3 +114,5 @@ int sandbox_set_network(struct sandbox *sandbox, const struct net_policy *policy
 json_t *sandbox_metrics_json(struct sandbox *sandbox);
 /* True if a sandbox that is not torn down yet uses image `image_id`. */
 bool sandbox_image_in_use(struct moatd *daemon, const char *name);
+/* True if a sandbox that is not torn down yet mounts volume `name`. */
+bool sandbox_volume_in_use(struct moatd *daemon, const char *name);

@@ -17,6 +17,7 @@ from .image_builder import BuildError, ImageSpec
 from .network import Network, Port, Tunnel
 from .process import Process, StdinWriter, StreamReader
 from .sandbox import CommandResult, Sandbox
+from .volume import Volume
 
 image_builder.attach_to(Image)  # moat.Image.debian(...).apt_install(...).build(name)
 
@@ -33,5 +34,5 @@ __all__ = [
     "Image", "ImageSpec", "InternalError", "InvalidArgument", "LimitExceeded", "MethodNotAllowed", "Network", "NotFound",
     "OutputTooLarge", "Port", "PayloadTooLarge", "Process", "Sandbox", "SandboxNotRunning",
     "SandboxTerminated", "StdinClosed", "StdinWriter", "StreamReader", "Timeout",
-    "Tunnel", "Unavailable", "health",
+    "Tunnel", "Unavailable", "Volume", "health",
 ]

@@ -8,6 +8,7 @@ from ._transport import Client
 from .image import Image, image_ref
 from .network import Network, Tunnel, network_body, ports_body
 from .process import Process, _WAIT_SLICE
+from .volume import volumes_body
 
 
 class CommandResult:
@@ -87,7 +88,7 @@ class Sandbox:
     @classmethod
     def create(cls, *entrypoint, image="host", cpu=None, memory=None, disk=None, pids=None,
                timeout=None, idle_timeout=None, env=None, workdir=None, user=None, tags=None,
-               socket=None, network=None, ports=None):
+               socket=None, network=None, ports=None, volumes=None):
         """Create a sandbox. Positional arguments, if any, are its entrypoint:
         the sandbox's main process, whose output is ``sb.stdout``/``sb.stderr``
         and whose exit ends the sandbox (``sb.wait()``, ``sb.returncode``).
@@ -95,7 +96,9 @@ class Sandbox:
         ``network`` is a :class:`moat.Network` (or "none"/"internet"; default
         none: loopback only); ``ports`` lists sandbox ports to expose, as ints
         or :class:`moat.Port` (see :meth:`tunnels`). ``image`` is a name, an
-        id or a :class:`moat.Image`."""
+        id or a :class:`moat.Image`. ``volumes`` maps mount paths to
+        :class:`moat.Volume` (``vol.read_only()`` to mount it read-only) or
+        volume names: ``volumes={"/data": vol}``."""
         body = {}
         if image is not None:
             body["image"] = image_ref(image)
@@ -114,6 +117,8 @@ class Sandbox:
             body["network"] = network_body(network)
         if ports is not None:
             body["ports"] = ports_body(ports)
+        if volumes:
+            body["volumes"] = volumes_body(volumes)
         client = Client(socket)
         info = client.request("POST", "/v1/sandboxes", json_body=body)
         return cls(client, info)
@@ -180,6 +185,12 @@ class Sandbox:
     created_at = property(lambda self: self._info.get("created_at"))
     ended_at = property(lambda self: self._info.get("ended_at"))
     expires_at = property(lambda self: self._info.get("expires_at"))
+
+    @property
+    def files(self):
+        """The sandbox's files API (moat.files.Files): read, write, list, ..."""
+        from .files import Files
+        return Files(self._client, self._path())
 
     @property
     def network(self):

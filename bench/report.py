@@ -82,6 +82,21 @@ def image_section(results):
     return out
 
 
+def files_section(results):
+    """Upload/download throughput, small files, listing, from files_bench.py's JSON."""
+    path = os.path.join(results, "files.json")
+    if not os.path.exists(path):
+        return ["moat files: skipped (no files.json)"]
+    with open(path) as f:
+        files = json.load(f)
+    return ["files (through the API, Python SDK client)",
+            f"  256 MiB upload                 {files['upload_mb_per_s']:8.0f} MB/s",
+            f"  256 MiB download               {files['download_mb_per_s']:8.0f} MB/s",
+            f"  1,000 x 1 KiB files up (tar)   {files['small_upload_s']:8.3f} s",
+            f"  1,000 x 1 KiB files down (tar) {files['small_download_s']:8.3f} s",
+            f"  list a 10,000-entry directory  {files['list_10000_s']:8.3f} s"]
+
+
 def network_section(results):
     """Create time per network mode and veth throughput, from net_bench.py's JSON."""
     path = os.path.join(results, "net.json")
@@ -176,6 +191,8 @@ def main() -> int:
 
     out.append("")
     out.extend(image_section(results))
+    out.append("")
+    out.extend(files_section(results))
     out.append("")
     out.extend(network_section(results))
 

@@ -153,6 +153,9 @@ moat_section() {
   /usr/bin/python3 "$bench_dir/image_bench.py" --socket "$work/s.sock" -n "$((n < 50 ? n : 50))" \
     --json "$samples/image.json" > "$samples/image.txt" ||
     tail -n 20 "$work/moatd.log" | sed 's/^/  moatd: /'
+  say "moat: files: 256 MiB up and down, 1,000 small files, a 10,000-entry listing"
+  /usr/bin/python3 "$bench_dir/files_bench.py" --socket "$work/s.sock" --json "$samples/files.json" \
+    > "$samples/files.txt" || tail -n 20 "$work/moatd.log" | sed 's/^/  moatd: /'
   say "moat: network: create per mode x $n, TCP throughput through the veth"
   /usr/bin/python3 "$bench_dir/net_bench.py" --socket "$work/s.sock" --netperf "$work/netperf" \
     -n "$n" --seconds "${BENCH_NET_SECONDS:-5}" --json "$samples/net.json" > "$samples/net.txt" ||

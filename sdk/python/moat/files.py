@@ -244,14 +244,51 @@ class Files:
 
     # --- directories as tar streams -----------------------------------------
 
-    def upload_dir(self, local_dir, path, user=None):
-        """Copy the local directory's contents beneath path (created if missing)."""
-        buffer = io.BytesIO()
-        with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
-            for name in sorted(os.listdir(local_dir)):
-                tar.add(os.path.join(local_dir, name), arcname=name)
-        self._client.request("PUT", self._base + "/archive", raw_body=buffer.getvalue(),
-                             query={"path": path, "user": user})
+    def upload_dir(self, local_dir, path, user=None, batch_bytes=6 * 1024 * 1024):
+        """Copy the local directory's contents beneath path (created if missing).
+
+        moatd takes at most 8 MiB per request, so the tree goes as several tar
+        batches of about batch_bytes each, in path order (a directory before
+        what it holds); a file bigger than a batch goes through write()'s
+        chunked upload instead."""
+        entries = []
+        for root, dirs, files in os.walk(local_dir):
+            dirs.sort()
+            relative = os.path.relpath(root, local_dir)
+            for name in dirs + sorted(files):
+                entries.append(os.path.normpath(os.path.join(relative, name)))
+        entries.sort(key=lambda e: e.split(os.sep))
+        batch, size = [], 0
+
+        def send():
+            if not batch:
+                return
+            buffer = io.BytesIO()
+            with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+                for name in batch:
+                    tar.add(os.path.join(local_dir, name), arcname=name, recursive=False)
+            self._client.request("PUT", self._base + "/archive", raw_body=buffer.getvalue(),
+                                 query={"path": path, "user": user})
+            batch.clear()
+
+        for name in entries:
+            local = os.path.join(local_dir, name)
+            length = os.lstat(local).st_size if os.path.isfile(local) and not os.path.islink(local) else 0
+            if length > batch_bytes:
+                send()
+                size = 0
+                with open(local, "rb") as data:
+                    self.write(path.rstrip("/") + "/" + name.replace(os.sep, "/"), data,
+                               mode=os.stat(local).st_mode & 0o7777, make_dirs=True, user=user)
+                continue
+            if size + length + 1024 > batch_bytes:
+                send()
+                size = 0
+            batch.append(name)
+            size += length + 1024
+        send()
+        if not entries:
+            self.mkdir(path, parents=True, user=user)
 
     def download_dir(self, path, local_dir):
         """Copy the sandbox directory's contents into local_dir (streamed)."""

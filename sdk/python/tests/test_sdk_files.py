@@ -65,3 +65,23 @@ def test_upload_dir_and_download_dir(sandbox, tmp_path):
     assert (out / "top.bin").read_bytes() == b"\0\1\2"
     with pytest.raises(moat.Conflict):
         sandbox.files.download_dir("/tmp/tree/top.bin", str(tmp_path / "x"))
+
+
+def test_upload_dir_larger_than_one_request(sandbox, tmp_path):
+    """A tree over moatd's 8 MiB request cap goes in batches, big files chunked."""
+    import hashlib
+    source = tmp_path / "big"
+    (source / "a" / "b").mkdir(parents=True)
+    digests = {}
+    for i in range(24):  # 24 x 512 KiB = 12 MiB in small files
+        data = os.urandom(512 * 1024)
+        path = source / "a" / ("f%02d" % i)
+        path.write_bytes(data)
+        digests["a/f%02d" % i] = hashlib.sha256(data).hexdigest()
+    large = os.urandom(10 * 1024 * 1024)  # one file over a batch
+    (source / "a" / "b" / "large").write_bytes(large)
+    digests["a/b/large"] = hashlib.sha256(large).hexdigest()
+    sandbox.files.upload_dir(str(source), "/tmp/bigtree")
+    out = sandbox.run("cd /tmp/bigtree && find . -type f | sort | xargs sha256sum").stdout
+    seen = {line.split()[1][2:]: line.split()[0] for line in out.splitlines()}
+    assert seen == digests

@@ -220,32 +220,83 @@ static la_ssize_t on_archive_memory_write(struct archive *writer, void *arg, con
         return (la_ssize_t)length;
 }
 
+/* A batch: a tar in memory, sent as one request when it nears moatd's
+ * request cap. */
+struct batch {
+        struct archive *writer;
+        struct { char *data; size_t length; } memory;
+};
+
+static int batch_open(struct batch *batch, struct moat_error **err)
+{
+        batch->memory.data = NULL;
+        batch->memory.length = 0;
+        batch->writer = archive_write_new();
+        if (!batch->writer)
+                return moat_error_system(err, ENOMEM, "archive");
+        archive_write_set_format_pax_restricted(batch->writer);
+        archive_write_set_bytes_in_last_block(batch->writer, 1);
+        if (archive_write_open2(batch->writer, &batch->memory, NULL, on_archive_memory_write, NULL, NULL) !=
+            ARCHIVE_OK)
+                return moat_error_system(err, ENOMEM, "archive");
+        return 0;
+}
+
+/* Close the batch and send it (if it holds anything); leaves it closed. */
+static int batch_send(struct batch *batch, struct moat_client *client, const char *sandbox_id, const char *remote,
+                      bool entries, struct moat_error **err)
+{
+        _cleanup_free_ char *path = NULL;
+        int r = 0;
+
+        if (!batch->writer)
+                return 0;
+        if (archive_write_close(batch->writer) != ARCHIVE_OK)
+                r = moat_error_set(err, MOAT_ERROR_LIMIT_EXCEEDED, 0, NULL, "archive: %s",
+                                   archive_error_string(batch->writer));
+        archive_write_free(batch->writer);
+        batch->writer = NULL;
+        if (r == 0 && entries) {
+                path = route(sandbox_id, "archive", remote, NULL);
+                r = path ? transfer(client, "PUT", path, batch->memory.data ? batch->memory.data : "",
+                                    batch->memory.length, NULL, err)
+                         : moat_error_system(err, ENOMEM, "route");
+        }
+        free(batch->memory.data);
+        batch->memory.data = NULL;
+        batch->memory.length = 0;
+        return r;
+}
+
+/* The directory's contents beneath remote: tar batches under moatd's 8 MiB
+ * request cap, a file bigger than a batch through the chunked file upload. */
 static int upload_dir(struct moat_client *client, const char *sandbox_id, const char *local, const char *remote,
                       struct moat_error **err)
 {
-        struct { char *data; size_t length; } memory = {NULL, 0};
+        struct batch batch = {0};
         struct archive *disk = archive_read_disk_new();
-        struct archive *writer = archive_write_new();
         struct archive_entry *entry;
-        _cleanup_free_ char *path = NULL;
-        size_t prefix = strlen(local);
+        size_t prefix = strlen(local), in_batch = 0;
+        const size_t batch_max = CP_ARCHIVE_MAX * 3 / 4;
         int r = 0;
 
-        if (!disk || !writer) {
+        if (!disk) {
                 r = moat_error_system(err, ENOMEM, "archive");
                 goto out;
         }
         archive_read_disk_set_symlink_physical(disk); /* archive symlinks, never follow them */
-        archive_write_set_format_pax_restricted(writer);
-        archive_write_set_bytes_in_last_block(writer, 1);
-        if (archive_write_open2(writer, &memory, NULL, on_archive_memory_write, NULL, NULL) != ARCHIVE_OK ||
-            archive_read_disk_open(disk, local) != ARCHIVE_OK) {
+        if (archive_read_disk_open(disk, local) != ARCHIVE_OK) {
                 r = moat_error_system(err, archive_errno(disk), "archive `%s`: %s", local, archive_error_string(disk));
+                goto out;
+        }
+        if (batch_open(&batch, err) < 0) {
+                r = -1;
                 goto out;
         }
         for (;;) {
                 int status;
                 const char *name;
+                int64_t size;
 
                 entry = archive_entry_new();
                 status = archive_read_next_header2(disk, entry);
@@ -269,13 +320,41 @@ static int upload_dir(struct moat_client *client, const char *sandbox_id, const 
                         continue;
                 }
                 archive_entry_set_pathname(entry, name);
-                if (archive_write_header(writer, entry) != ARCHIVE_OK) {
+                size = archive_entry_filetype(entry) == AE_IFREG ? archive_entry_size(entry) : 0;
+                if ((size_t)size + 4096 > batch_max) {
+                        /* Too big for any batch: what came before (its
+                         * directories included) goes first, then the file. */
+                        _cleanup_free_ char *target = NULL;
+
+                        if (batch_send(&batch, client, sandbox_id, remote, in_batch > 0, err) < 0 ||
+                            batch_open(&batch, err) < 0 || asprintf(&target, "%s/%s", remote, name) < 0 ||
+                            upload_file(client, sandbox_id, archive_entry_sourcepath(entry), target,
+                                        archive_entry_perm(entry), err) < 0) {
+                                archive_entry_free(entry);
+                                r = -1;
+                                goto out;
+                        }
+                        in_batch = 0;
+                        archive_entry_free(entry);
+                        continue;
+                }
+                if (batch.memory.length + (size_t)size + 4096 > batch_max && in_batch > 0) {
+                        if (batch_send(&batch, client, sandbox_id, remote, true, err) < 0 ||
+                            batch_open(&batch, err) < 0) {
+                                archive_entry_free(entry);
+                                r = -1;
+                                goto out;
+                        }
+                        in_batch = 0;
+                }
+                if (archive_write_header(batch.writer, entry) != ARCHIVE_OK) {
                         r = moat_error_set(err, MOAT_ERROR_LIMIT_EXCEEDED, 0, NULL, "archive `%s`: %s", local,
-                                           archive_error_string(writer));
+                                           archive_error_string(batch.writer));
                         archive_entry_free(entry);
                         goto out;
                 }
-                if (archive_entry_filetype(entry) == AE_IFREG && archive_entry_size(entry) > 0) {
+                in_batch++;
+                if (size > 0) {
                         _cleanup_close_ int fd = open(archive_entry_sourcepath(entry), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
                         char buffer[65536];
                         ssize_t n;
@@ -286,32 +365,23 @@ static int upload_dir(struct moat_client *client, const char *sandbox_id, const 
                                 goto out;
                         }
                         while ((n = read(fd, buffer, sizeof(buffer))) > 0)
-                                if (archive_write_data(writer, buffer, (size_t)n) < 0) {
+                                if (archive_write_data(batch.writer, buffer, (size_t)n) < 0) {
                                         r = moat_error_set(err, MOAT_ERROR_LIMIT_EXCEEDED, 0, NULL, "archive `%s`: %s",
-                                                           local, archive_error_string(writer));
+                                                           local, archive_error_string(batch.writer));
                                         archive_entry_free(entry);
                                         goto out;
                                 }
                 }
                 archive_entry_free(entry);
         }
-        if (archive_write_close(writer) != ARCHIVE_OK) {
-                r = moat_error_set(err, MOAT_ERROR_LIMIT_EXCEEDED, 0, NULL, "archive `%s`: %s", local,
-                                   archive_error_string(writer));
-                goto out;
-        }
-        path = route(sandbox_id, "archive", remote, NULL);
-        if (!path) {
-                r = moat_error_system(err, ENOMEM, "route");
-                goto out;
-        }
-        r = transfer(client, "PUT", path, memory.data ? memory.data : "", memory.length, NULL, err);
+        /* The last batch; an empty directory still gets its target made. */
+        r = batch_send(&batch, client, sandbox_id, remote, true, err);
 out:
         if (disk)
                 archive_read_free(disk);
-        if (writer)
-                archive_write_free(writer);
-        free(memory.data);
+        if (batch.writer)
+                archive_write_free(batch.writer);
+        free(batch.memory.data);
         return r;
 }
 

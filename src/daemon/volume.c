@@ -247,10 +247,11 @@ static int write_meta(const struct volume *volume, struct moat_error **err)
         _cleanup_free_ char *text = NULL;
         _cleanup_close_ int fd = -1;
         size_t length;
+        json_t *meta = json_pack("{s:s,s:I,s:I}", "name", volume->name, "size_mib", (json_int_t)volume->size_mib,
+                                 "created_at", (json_int_t)volume->created_at);
 
-        text = json_dumps(json_pack("{s:s,s:I,s:I}", "name", volume->name, "size_mib", (json_int_t)volume->size_mib,
-                                    "created_at", (json_int_t)volume->created_at),
-                          JSON_COMPACT);
+        text = meta ? json_dumps(meta, JSON_COMPACT) : NULL;
+        json_decref(meta);
         if (!text)
                 return moat_error_set(err, MOAT_ERROR_INTERNAL, ENOMEM, NULL, "encode volume.json");
         snprintf(path, sizeof(path), "%s/volume.json", volume->dir);

@@ -10,7 +10,6 @@
 #include <archive.h>
 #include <archive_entry.h>
 #include <ctype.h>
-#include <curl/curl.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -34,7 +33,6 @@
 #define BUILD_CONTEXT_DEPTH_MAX 128
 /* Bound on one event line: a log line is at most 4 KiB, the last event one
  * image object. */
-#define BUILD_EVENT_LINE_MAX (1u << 20)
 
 static const char build_usage[] =
         "Usage: moat image build [-f FILE] [--name NAME] [--json] [CONTEXT_DIR]\n"
@@ -362,15 +360,9 @@ static char *base64_encode(const unsigned char *data, size_t length)
 /* ---- the event stream ---- */
 
 struct build_stream {
-        CURL *curl;
         const json_t *steps; /* of the spec, to describe a step */
-        char *line;
-        size_t line_length;
-        char *error_body; /* a non-2xx answer, collected whole */
-        size_t error_length;
         json_t *image;
-        struct moat_error *error;
-        bool failed; /* the error event came: the rest is ignored */
+        struct moat_error *error; /* the error event (the stream is read on to its end) */
 };
 
 /* "RUN make all" etc.: one line, at most about 100 characters. */
@@ -428,18 +420,14 @@ static void step_describe(const json_t *step, char *out, size_t size)
         }
 }
 
-static int build_line(struct build_stream *stream, const char *line, size_t length)
+static int build_event(void *userdata, json_t *event, struct moat_error **err)
 {
-        json_auto_t *event = NULL;
+        struct build_stream *stream = userdata;
         json_t *value, *step_value;
         size_t step_count = json_array_size(stream->steps);
 
-        if (length == 0)
-                return 0;
-        event = json_loadb(line, length, 0, NULL);
-        if (!json_is_object(event))
-                return moat_error_set(&stream->error, MOAT_ERROR_INTERNAL, 0, "bad_response",
-                                      "moatd sent a malformed build event");
+        if (stream->error)
+                return 0; /* after the error event: read to the end */
         step_value = json_object_get(event, "step");
         if (json_is_object(value = json_object_get(event, "error"))) {
                 json_int_t step = json_integer_value(step_value);
@@ -455,7 +443,6 @@ static int build_line(struct build_stream *stream, const char *line, size_t leng
                 /* Not an abort: moatd ends the stream once the failed step is
                  * cleaned up (its sandbox, its staging directory), so the
                  * command returns when the store is settled. */
-                stream->failed = true;
                 return 0;
         }
         if (json_is_string(value = json_object_get(event, "progress"))) {
@@ -479,111 +466,20 @@ static int build_line(struct build_stream *stream, const char *line, size_t leng
         return 0;
 }
 
-static size_t build_write(char *data, size_t size, size_t count, void *userdata)
-{
-        struct build_stream *stream = userdata;
-        size_t length = size * count;
-        long status = 0;
-
-        curl_easy_getinfo(stream->curl, CURLINFO_RESPONSE_CODE, &status);
-        if (status < 200 || status >= 300) {
-                char *grown;
-
-                if (length > BUILD_EVENT_LINE_MAX - stream->error_length)
-                        return 0;
-                grown = realloc(stream->error_body, stream->error_length + length + 1);
-                if (!grown)
-                        return 0;
-                stream->error_body = grown;
-                memcpy(grown + stream->error_length, data, length);
-                stream->error_length += length;
-                grown[stream->error_length] = '\0';
-                return length;
-        }
-        if (stream->failed)
-                return length; /* after the error event: read to the end */
-        for (size_t i = 0; i < length; i++) {
-                if (data[i] == '\n') {
-                        if (build_line(stream, stream->line, stream->line_length) < 0)
-                                return 0;
-                        stream->line_length = 0;
-                        continue;
-                }
-                if (stream->line_length + 1 >= BUILD_EVENT_LINE_MAX) {
-                        moat_error_set(&stream->error, MOAT_ERROR_LIMIT_EXCEEDED, 0, "response_too_large",
-                                       "a build event is longer than %u bytes", BUILD_EVENT_LINE_MAX);
-                        return 0;
-                }
-                if (!stream->line && !(stream->line = malloc(BUILD_EVENT_LINE_MAX)))
-                        return 0;
-                stream->line[stream->line_length++] = data[i];
-        }
-        return length;
-}
-
-static void curl_easy_cleanupp(CURL **curl)
-{
-        if (*curl)
-                curl_easy_cleanup(*curl);
-}
-
-static void curl_slist_free_allp(struct curl_slist **list)
-{
-        if (*list)
-                curl_slist_free_all(*list);
-}
-
 /* POST the body and follow the stream. Returns the final image object (new
  * reference) or NULL with *err. */
-static json_t *build_post(struct moat_client *client, const char *body, const json_t *steps, struct moat_error **err)
+static json_t *build_post(struct moat_client *client, json_t *body, const json_t *steps, struct moat_error **err)
 {
-        _cleanup_(curl_easy_cleanupp) CURL *curl = curl_easy_init();
-        _cleanup_(curl_slist_free_allp) struct curl_slist *headers = NULL;
-        struct build_stream stream = {.curl = curl, .steps = steps};
-        CURLcode result;
-        long status = 0;
+        struct build_stream stream = {.steps = steps};
 
-        headers = curl_slist_append(headers, "Content-Type: application/json");
-        if (!curl || !headers) {
-                moat_error_set(err, MOAT_ERROR_INTERNAL, ENOMEM, NULL, "out of memory");
-                return NULL;
-        }
-        headers = curl_slist_append(headers, "Expect:");
-        curl_easy_setopt(curl, CURLOPT_UNIX_SOCKET_PATH, moat_client_socket(client));
-        curl_easy_setopt(curl, CURLOPT_URL, "http://moatd/v1/images/build");
-        curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
-        curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT, 10L);
-        curl_easy_setopt(curl, CURLOPT_HTTPHEADER, headers);
-        curl_easy_setopt(curl, CURLOPT_POSTFIELDS, body);
-        curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)strlen(body));
-        curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, build_write);
-        curl_easy_setopt(curl, CURLOPT_WRITEDATA, &stream);
-        /* No overall timeout: a first Debian base or a big RUN takes minutes,
-         * and the stream shows it moving. */
-        result = curl_easy_perform(curl);
-        curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
-        if (stream.line_length > 0 && !stream.failed && !stream.error && result == CURLE_OK)
-                build_line(&stream, stream.line, stream.line_length); /* a last line without "\n" */
-        if (stream.error) {
-                /* An error event, or a bad stream (then result is a write
-                 * error, which says less). */
+        if (moat_client_post_events(client, "/v1/images/build", body, build_event, &stream, err) < 0) {
+                moat_error_free(stream.error);
+        } else if (stream.error) {
                 *err = TAKE_PTR(stream.error);
-        } else if (result == CURLE_COULDNT_CONNECT) {
-                moat_error_set(err, MOAT_ERROR_UNAVAILABLE, 0, "daemon_unreachable",
-                               "cannot connect to moatd at %s (is moatd running? see --socket or $MOAT_SOCKET)",
-                               moat_client_socket(client));
-        } else if (result != CURLE_OK) {
-                moat_error_set(err, MOAT_ERROR_UNAVAILABLE, 0, "transport", "build: %s", curl_easy_strerror(result));
-        } else if (status < 200 || status >= 300) {
-                json_auto_t *answer = stream.error_body ? json_loads(stream.error_body, 0, NULL) : NULL;
-
-                moat_client_error_from_response(status, answer, err);
         } else if (!stream.image) {
                 moat_error_set(err, MOAT_ERROR_UNAVAILABLE, 0, "transport",
                                "the build stream ended before the image (did moatd stop?)");
         }
-        free(stream.line);
-        free(stream.error_body);
         if (*err) {
                 json_decref(stream.image);
                 return NULL;
@@ -654,7 +550,7 @@ static void default_name(const char *context_dir, char *out, size_t size)
 int moat_cmd_image_build(struct moat_cli *cli, int argc, char **argv)
 {
         const char *file = NULL, *name = NULL, *context_dir = NULL;
-        _cleanup_free_ char *text = NULL, *dockerfile_path = NULL, *encoded = NULL, *body_text = NULL;
+        _cleanup_free_ char *text = NULL, *dockerfile_path = NULL, *encoded = NULL;
         _cleanup_close_ int context_fd = -1;
         struct memory_sink sink = {0};
         struct moat_error *err = NULL;
@@ -728,16 +624,12 @@ int moat_cmd_image_build(struct moat_cli *cli, int argc, char **argv)
         }
         if (json_object_set_new(spec, "name", json_string(name)) < 0)
                 return moat_cli_usage_error("image build", "--name must be valid UTF-8");
-        body_text = json_dumps(spec, JSON_COMPACT);
-        if (!body_text)
-                return moat_cli_fail(NULL);
         free(encoded);
         encoded = NULL;
-        json_object_del(spec, "context"); /* the copy inside body_text is enough */
         client = moat_cli_client(cli, &err);
         if (!client)
                 return moat_cli_fail(err);
-        image = build_post(client, body_text, json_object_get(spec, "steps"), &err);
+        image = build_post(client, spec, json_object_get(spec, "steps"), &err);
         if (!image)
                 return moat_cli_fail(err);
         if (json)

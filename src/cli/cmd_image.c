@@ -1,5 +1,4 @@
 /* moat image ls / inspect / rm / prune / pull / import. */
-#include <curl/curl.h>
 #include <errno.h>
 #include <limits.h>
 #include <stdio.h>
@@ -21,11 +20,6 @@ static const char image_usage[] =
         "                                            (host[:port]/repo:tag); prints the image id\n"
         "       moat image build [-f FILE] [--name NAME] [DIR]  build from a Dockerfile\n"
         "       moat image import DIR NAME           copy a root filesystem directory into the store\n";
-
-/* Bound on one line of the pull stream: a progress line is a line of
- * debootstrap's output, the last one an image object; a hostile or broken
- * server cannot make us buffer without limit. */
-#define IMAGE_PULL_LINE_MAX (1u << 20)
 
 /* "/v1/images/<ref %-encoded>": names hold ':' and '/', which must not
  * become route separators. NULL on allocation failure. */
@@ -192,39 +186,15 @@ static int image_prune(struct moat_client *client, bool json)
  * this is the small line-reading variant for a POST. */
 
 struct pull_stream {
-        CURL *curl;
-        char *line; /* the incomplete line carried between writes */
-        size_t line_length;
-        char *error_body; /* a non-2xx answer, collected whole */
-        size_t error_length;
-        json_t *image;             /* the final {"image"} event's object */
-        struct moat_error *error;  /* the final {"error"} event, or a bad stream */
+        json_t *image; /* the final {"image"} event's object */
 };
 
-static void curl_easy_cleanupp(CURL **curl)
+/* One event of the pull stream. */
+static int pull_event(void *userdata, json_t *event, struct moat_error **err)
 {
-        if (*curl)
-                curl_easy_cleanup(*curl);
-}
-
-static void curl_slist_free_allp(struct curl_slist **list)
-{
-        if (*list)
-                curl_slist_free_all(*list);
-}
-
-/* One complete line. Returns <0 to abort the stream (bad event). */
-static int pull_line(struct pull_stream *stream, const char *line, size_t length)
-{
-        json_auto_t *event = NULL;
+        struct pull_stream *stream = userdata;
         json_t *value;
 
-        if (length == 0)
-                return 0;
-        event = json_loadb(line, length, 0, NULL);
-        if (!json_is_object(event))
-                return moat_error_set(&stream->error, MOAT_ERROR_INTERNAL, 0, "bad_response",
-                                      "moatd sent a malformed pull event");
         if ((value = json_object_get(event, "progress")) && json_is_string(value)) {
                 /* stderr, flushed per line: the user sees a long build move, and
                  * stdout stays the image id alone for scripts. */
@@ -236,51 +206,10 @@ static int pull_line(struct pull_stream *stream, const char *line, size_t length
         } else if (json_is_object(json_object_get(event, "error"))) {
                 /* Errors mid-stream come with status 200 already sent: map the
                  * code as the library maps any error body. */
-                moat_client_error_from_response(500, event, &stream->error);
-                return -1;
+                return moat_client_error_from_response(500, event, err);
         }
         /* Other events: ignored, so the server may add kinds. */
         return 0;
-}
-
-static size_t pull_write(char *data, size_t size, size_t count, void *userdata)
-{
-        struct pull_stream *stream = userdata;
-        size_t length = size * count;
-        long status = 0;
-
-        curl_easy_getinfo(stream->curl, CURLINFO_RESPONSE_CODE, &status);
-        if (status < 200 || status >= 300) {
-                char *grown;
-
-                if (length > IMAGE_PULL_LINE_MAX - stream->error_length)
-                        return 0;
-                grown = realloc(stream->error_body, stream->error_length + length + 1);
-                if (!grown)
-                        return 0;
-                stream->error_body = grown;
-                memcpy(grown + stream->error_length, data, length);
-                stream->error_length += length;
-                grown[stream->error_length] = '\0';
-                return length;
-        }
-        for (size_t i = 0; i < length; i++) {
-                if (data[i] == '\n') {
-                        if (pull_line(stream, stream->line, stream->line_length) < 0)
-                                return 0;
-                        stream->line_length = 0;
-                        continue;
-                }
-                if (stream->line_length + 1 >= IMAGE_PULL_LINE_MAX) {
-                        moat_error_set(&stream->error, MOAT_ERROR_LIMIT_EXCEEDED, 0, "response_too_large",
-                                       "a pull event is longer than %u bytes", IMAGE_PULL_LINE_MAX);
-                        return 0;
-                }
-                if (!stream->line && !(stream->line = malloc(IMAGE_PULL_LINE_MAX)))
-                        return 0;
-                stream->line[stream->line_length++] = data[i];
-        }
-        return length;
 }
 
 /* The registry password, one line from stdin: never an argument, which
@@ -303,14 +232,9 @@ static char *read_password(void)
 static int image_pull(struct moat_client *client, const char *ref, const char *name, const char *username,
                       bool password_stdin, bool json)
 {
-        _cleanup_(curl_easy_cleanupp) CURL *curl = curl_easy_init();
-        _cleanup_(curl_slist_free_allp) struct curl_slist *headers = NULL;
-        _cleanup_free_ char *encoded = NULL;
-        struct pull_stream stream = { .curl = curl };
+        struct pull_stream stream = {0};
         struct moat_error *err = NULL;
         json_auto_t *body = NULL;
-        CURLcode result;
-        long status = 0;
         int code = 0;
 
         body = json_pack("{ss}", "ref", ref);
@@ -329,43 +253,9 @@ static int image_pull(struct moat_client *client, const char *ref, const char *n
                 if (failed)
                         return moat_cli_usage_error("image", "the password must be valid UTF-8");
         }
-        encoded = json_dumps(body, JSON_COMPACT);
-        headers = curl_slist_append(headers, "Content-Type: application/json");
-        if (!curl || !encoded || !headers)
-                return moat_cli_fail(NULL);
-        headers = curl_slist_append(headers, "Expect:");
-        curl_easy_setopt(curl, CURLOPT_UNIX_SOCKET_PATH, moat_client_socket(client));
-        curl_easy_setopt(curl, CURLOPT_URL, "http://moatd/v1/images/pull");
-        curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
-        curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT, 10L);
-        curl_easy_setopt(curl, CURLOPT_HTTPHEADER, headers);
-        curl_easy_setopt(curl, CURLOPT_POSTFIELDS, encoded);
-        curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)strlen(encoded));
-        curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, pull_write);
-        curl_easy_setopt(curl, CURLOPT_WRITEDATA, &stream);
-        /* No overall timeout: the first debootstrap of a release takes minutes,
-         * and it reports progress all along. */
-        result = curl_easy_perform(curl);
-        curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
-        if (stream.line_length > 0 && !stream.error && result == CURLE_OK)
-                pull_line(&stream, stream.line, stream.line_length); /* a last line without "\n" */
-        if (stream.error) {
-                err = TAKE_PTR(stream.error);
-        } else if (result == CURLE_COULDNT_CONNECT) {
-                moat_error_set(&err, MOAT_ERROR_UNAVAILABLE, 0, "daemon_unreachable",
-                               "cannot connect to moatd at %s (is moatd running? see --socket or $MOAT_SOCKET)",
-                               moat_client_socket(client));
-        } else if (result != CURLE_OK) {
-                moat_error_set(&err, MOAT_ERROR_UNAVAILABLE, 0, "transport", "pull %s: %s", ref,
-                               curl_easy_strerror(result));
-        } else if (status < 200 || status >= 300) {
-                json_auto_t *answer = stream.error_body ? json_loads(stream.error_body, 0, NULL) : NULL;
-
-                moat_client_error_from_response(status, answer, &err);
-        } else if (!stream.image) {
+        if (moat_client_post_events(client, "/v1/images/pull", body, pull_event, &stream, &err) == 0 && !stream.image)
                 moat_error_set(&err, MOAT_ERROR_UNAVAILABLE, 0, "transport",
                                "pull %s: the stream ended before the image (did moatd stop?)", ref);
-        }
         if (err) {
                 code = moat_cli_fail(err);
         } else if (json) {
@@ -373,11 +263,7 @@ static int image_pull(struct moat_client *client, const char *ref, const char *n
         } else {
                 printf("%s\n", json_string_value(json_object_get(stream.image, "id")));
         }
-        if (encoded)
-                explicit_bzero(encoded, strlen(encoded)); /* it may hold the password */
         json_decref(stream.image);
-        free(stream.line);
-        free(stream.error_body);
         return code;
 }
 

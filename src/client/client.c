@@ -21,6 +21,10 @@ struct transfer {
         char *body;                            /* non-streaming, or an error response */
         size_t body_length;
         struct moat_ndjson_reader *reader;     /* streaming: fed while the status is 2xx */
+        moat_client_event_fn on_event;         /* or: any NDJSON events, line by line */
+        void *event_arg;
+        char *line;                            /* the incomplete event line */
+        size_t line_length;
         struct moat_error *stream_error;       /* set by the reader inside the callback */
         bool too_large;
 };
@@ -175,6 +179,40 @@ int moat_client_error_from_response(long status, json_t *body, struct moat_error
         return moat_error_set(err, kind, 0, code, "%s", message);
 }
 
+/* One whole event line to the caller. */
+static int transfer_event(struct transfer *transfer, const char *line, size_t length)
+{
+        _cleanup_(json_decrefp) json_t *event = NULL;
+
+        if (length == 0)
+                return 0;
+        event = json_loadb(line, length, 0, NULL);
+        if (!json_is_object(event))
+                return moat_error_set(&transfer->stream_error, MOAT_ERROR_INTERNAL, 0, "bad_response",
+                                      "moatd sent a malformed event");
+        return transfer->on_event(transfer->event_arg, event, &transfer->stream_error);
+}
+
+static int transfer_events(struct transfer *transfer, const char *data, size_t length)
+{
+        for (size_t i = 0; i < length; i++) {
+                if (data[i] == '\n') {
+                        if (transfer_event(transfer, transfer->line, transfer->line_length) < 0)
+                                return -1;
+                        transfer->line_length = 0;
+                        continue;
+                }
+                if (transfer->line_length + 1 >= MOAT_CLIENT_EVENT_LINE_MAX)
+                        return moat_error_set(&transfer->stream_error, MOAT_ERROR_LIMIT_EXCEEDED, 0,
+                                              "response_too_large", "an event is longer than %u bytes",
+                                              MOAT_CLIENT_EVENT_LINE_MAX);
+                if (!transfer->line && !(transfer->line = malloc(MOAT_CLIENT_EVENT_LINE_MAX)))
+                        return moat_error_set(&transfer->stream_error, MOAT_ERROR_INTERNAL, ENOMEM, NULL, "malloc");
+                transfer->line[transfer->line_length++] = data[i];
+        }
+        return 0;
+}
+
 static size_t transfer_write(char *data, size_t size, size_t count, void *userdata)
 {
         struct transfer *transfer = userdata;
@@ -182,6 +220,8 @@ static size_t transfer_write(char *data, size_t size, size_t count, void *userda
         long status = 0;
 
         curl_easy_getinfo(transfer->curl, CURLINFO_RESPONSE_CODE, &status);
+        if (transfer->on_event && status >= 200 && status < 300)
+                return transfer_events(transfer, data, length) < 0 ? 0 : length;
         if (transfer->reader && status >= 200 && status < 300) {
                 if (moat_ndjson_reader_feed(transfer->reader, data, length, &transfer->stream_error) < 0)
                         return 0; /* abort the transfer: CURLE_WRITE_ERROR */
@@ -349,6 +389,35 @@ int moat_client_stream_output(struct moat_client *client, const char *path,
                 r = moat_ndjson_reader_finish(&reader, err);
         moat_ndjson_reader_release(&reader);
         moat_error_free(transfer.stream_error);
+        free(transfer.body);
+        return r < 0 ? -1 : 0;
+}
+
+int moat_client_post_events(struct moat_client *client, const char *path, json_t *body, moat_client_event_fn on_event,
+                            void *userdata, struct moat_error **err)
+{
+        _cleanup_(curl_easy_cleanupp) CURL *curl = curl_easy_init();
+        struct transfer transfer = { .client = client, .curl = curl, .on_event = on_event, .event_arg = userdata };
+        _cleanup_free_ char *encoded = body ? json_dumps(body, JSON_COMPACT) : NULL;
+        long status;
+        int r;
+
+        if (!curl || (body && !encoded))
+                return moat_error_system(err, ENOMEM, "start the request");
+        status = transfer_perform(&transfer, "POST", path, "application/json", encoded ? encoded : "",
+                                  encoded ? strlen(encoded) : 0, err);
+        if (status < 0)
+                r = -1;
+        else if (status < 200 || status >= 300)
+                r = transfer_finish(&transfer, status, NULL, err);
+        else /* a last line without "\n" */
+                r = transfer_event(&transfer, transfer.line, transfer.line_length);
+        if (r < 0 && transfer.stream_error && err && !*err)
+                *err = TAKE_PTR(transfer.stream_error);
+        if (encoded)
+                explicit_bzero(encoded, strlen(encoded)); /* a pull's body may hold a password */
+        moat_error_free(transfer.stream_error);
+        free(transfer.line);
         free(transfer.body);
         return r < 0 ? -1 : 0;
 }

@@ -43,6 +43,17 @@ int moat_client_request(struct moat_client *client, const char *method, const ch
 int moat_client_post_raw(struct moat_client *client, const char *path, const void *data, size_t length,
                          json_t **ret_response, struct moat_error **err);
 
+/* A JSON event of an NDJSON response; return <0 (with *err) to stop reading. */
+typedef int (*moat_client_event_fn)(void *userdata, json_t *event, struct moat_error **err);
+#define MOAT_CLIENT_EVENT_LINE_MAX (1u << 20)
+
+/* POST body (JSON) and call on_event for each line of a 2xx NDJSON answer
+ * (image pulls, builds), as it arrives. A non-2xx answer is *err as for
+ * moat_client_request. No overall timeout: such streams run for minutes
+ * and show their progress. */
+int moat_client_post_events(struct moat_client *client, const char *path, json_t *body, moat_client_event_fn on_event,
+                            void *userdata, struct moat_error **err);
+
 /* GET an NDJSON output stream, calling handler for each event until the exit
  * event. Returns 0 once the exit event was delivered. */
 int moat_client_stream_output(struct moat_client *client, const char *path,

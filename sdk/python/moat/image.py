@@ -156,19 +156,19 @@ class Image:
         self._client.request("DELETE", image_path(self.id))
 
 
-# An event line is a progress line or one image object: far below this.
+# An event line is a progress or log line, or one image object: far below this.
 _MAX_LINE = 16 * 1024 * 1024
 
 
 def _events(resp):
-    """Decoded NDJSON events of a streamed response, one per line."""
+    """Decoded NDJSON events of a streamed response (pull, build), one per line."""
     while True:
         try:
             line = resp.readline(_MAX_LINE)
         except _socket.timeout:
-            raise errors.Timeout("moatd sent no pull progress in time") from None
+            raise errors.Timeout("moatd sent no event in time") from None
         except (OSError, http.client.HTTPException) as exc:
-            raise errors.Unavailable("pull stream from moatd broke: %s" % exc) from None
+            raise errors.Unavailable("event stream from moatd broke: %s" % exc) from None
         if not line:
             return
         line = line.strip()
@@ -177,7 +177,7 @@ def _events(resp):
         try:
             event = json.loads(line)
         except ValueError:
-            raise errors.InternalError("moatd sent a malformed pull event: %r" % line[:200]) from None
+            raise errors.InternalError("moatd sent a malformed event: %r" % line[:200]) from None
         if isinstance(event, dict):
             yield event
 

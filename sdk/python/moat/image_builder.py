@@ -28,22 +28,19 @@ step that downloads it, or in a volume.
 
 import base64
 import copy as _copy
-import http.client
 import io
 import json
 import os
-import socket as _socket
 import stat
 import tarfile
 
 from . import errors
 from ._transport import Client, _error_from_body
+from .image import _events, _read_all
 
 # moatd's bounds (src/daemon/image_build.c).
 MAX_STEPS = 50
 MAX_CONTEXT_BYTES = 6 * 1024 * 1024
-# An event line is one output line or one image object: far below this.
-_MAX_EVENT_LINE = 16 * 1024 * 1024
 
 
 class BuildError(errors.Error):
@@ -303,35 +300,6 @@ def _build_error(err, step, steps):
     exc = cls(message, code=code, status=500)
     exc.step = step
     return exc
-
-
-def _events(resp):
-    """Decoded NDJSON events of the streamed response, one per line."""
-    while True:
-        try:
-            line = resp.readline(_MAX_EVENT_LINE)
-        except _socket.timeout:
-            raise errors.Timeout("moatd sent no build event in time") from None
-        except (OSError, http.client.HTTPException) as exc:
-            raise errors.Unavailable("build stream from moatd broke: %s" % exc) from None
-        if not line:
-            return
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            event = json.loads(line)
-        except ValueError:
-            raise errors.InternalError("moatd sent a malformed build event: %r" % line[:200]) from None
-        if isinstance(event, dict):
-            yield event
-
-
-def _read_all(resp):
-    try:
-        return resp.read()
-    except (OSError, http.client.HTTPException):
-        return b""
 
 
 def attach_to(image_class):

@@ -297,3 +297,26 @@ def test_registry_pull_with_token_auth(moatd, registries):
                     username=registries.info["username"], password=registries.info["password"])
     assert "image" in final, final
     assert image_request(moatd, "DELETE", "tok")[0] == 200
+
+
+def test_image_command_runs_entrypoint_and_cmd(moatd, probe, tmp_path):
+    """Entrypoint + Cmd run only when asked: image_command, or `moat run -I` without a command."""
+    write_image(str(tmp_path / "layout"), whiteout_layers(probe), ["FOO=cmd"])
+    status, _ = api(moatd, "POST", "/v1/images/import", {"path": str(tmp_path / "layout"), "name": "with-cmd"})
+    assert status == 201
+    # Without image_command the sandbox runs nothing of the image's.
+    status, plain = api(moatd, "POST", "/v1/sandboxes", {"image": "with-cmd"})
+    assert status == 201 and plain["entrypoint"] is None
+    api(moatd, "DELETE", "/v1/sandboxes/" + plain["id"])
+    status, sandbox = api(moatd, "POST", "/v1/sandboxes", {"image": "with-cmd", "image_command": True})
+    assert status == 201 and sandbox["entrypoint"] == ["/probe"], sandbox
+    status, done = api(moatd, "POST", "/v1/sandboxes/%s/wait?timeout=30" % sandbox["id"])
+    assert done["state"] == "stopped" and done["exit_code"] == 0, done
+    api(moatd, "DELETE", "/v1/sandboxes/" + sandbox["id"])
+    binary = os.path.join(os.environ.get("MOAT_BUILD", "/work/main/build"), "src", "cli", "moat")
+    run = subprocess.run([binary, "--socket", moatd.socket, "run", "-I", "with-cmd"], capture_output=True, timeout=60)
+    assert run.returncode == 0 and b"FOO=cmd" in run.stdout and b"cwd=/a" in run.stdout, run
+    assert api(moatd, "DELETE", "/v1/images/with-cmd")[0] == 200
+    # An image without Entrypoint or Cmd (the host image): a clear 400.
+    status, body = api(moatd, "POST", "/v1/sandboxes", {"image": "host", "image_command": True})
+    assert status == 400 and "Entrypoint" in body["error"]["message"], body

@@ -108,6 +108,10 @@ static void test_sandbox_types(void **state)
         expect_sandbox_rejected("{\"tags\": [\"a\"]}");
         expect_sandbox_rejected("{\"tags\": {\"a\": 1}}");
         expect_sandbox_rejected("{\"entrypoint\": \"sh\"}");
+        expect_sandbox_rejected("{\"image_command\": 1}");
+        expect_sandbox_rejected("{\"image_command\": true, \"entrypoint\": [\"sh\"]}");
+        expect_sandbox_accepted("{\"image_command\": true}");
+        expect_sandbox_accepted("{\"image_command\": false, \"entrypoint\": [\"sh\"]}");
         expect_sandbox_rejected("{\"entrypoint\": [1]}");
         expect_sandbox_rejected("{\"entrypoint\": []}");
         expect_sandbox_rejected("{\"entrypoint\": [\"\"]}");

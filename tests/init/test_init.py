@@ -16,7 +16,8 @@ import time
 import pytest
 
 BUILD = os.environ.get("MOAT_BUILD", "/work/main/build")
-INIT = os.path.join(BUILD, "src/init/moat-init")
+# MOAT_INIT picks another build of it (scripts/test.sh: the ASan+UBSan twin).
+INIT = os.environ.get("MOAT_INIT") or os.path.join(BUILD, "src/init/moat-init")
 
 HELLO, SPAWN, STDIN, STDIN_CLOSE, SIGNAL, CREDIT, RESIZE = 1, 2, 3, 4, 5, 6, 7
 HELLO_ACK, SPAWNED, SPAWN_FAILED, OUTPUT, EXIT, STDIN_CREDIT = 64, 65, 66, 67, 68, 69

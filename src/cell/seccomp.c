@@ -10,7 +10,9 @@
  * architecture), and anything added to the kernel after this list was
  * written (default: EPERM). */
 #include <errno.h>
+#include <linux/netlink.h>
 #include <linux/seccomp.h>
+#include <stdbool.h>
 #include <sched.h>
 #include <seccomp.h>
 #include <stdlib.h>
@@ -148,10 +150,29 @@ int moat_seccomp_build(struct sock_fprog *ret_program, struct moat_error **err)
         /* Socket families: an allowlist. Everything else (packet, XDP, vsock,
          * bluetooth, AppleTalk, ...) is kernel attack surface no workload
          * here needs; it fails with the default EPERM. */
-        static const int allowed_families[] = { AF_UNIX, AF_INET, AF_INET6, AF_NETLINK };
+        static const int allowed_families[] = { AF_UNIX, AF_INET, AF_INET6 };
         for (size_t i = 0; i < sizeof(allowed_families) / sizeof(allowed_families[0]); i++) {
                 struct scmp_arg_cmp family = SCMP_A0(SCMP_CMP_EQ, (scmp_datum_t)allowed_families[i]);
                 if (add_rule(ctx, SCMP_ACT_ALLOW, "socket", 1, &family, err) < 0)
+                        return -1;
+        }
+        /* Netlink: only NETLINK_ROUTE (getifaddrs, `ip addr`) and
+         * NETLINK_SOCK_DIAG (`ss`), both confined to the sandbox's own
+         * network namespace. The rest is refused as a kernel without the
+         * protocol would (EPROTONOSUPPORT), so tools fall back: among them
+         * NETLINK_KOBJECT_UEVENT, whose untagged events (block and loop
+         * devices, other sandboxes' volumes) reach every namespace owned by
+         * the host's user namespace, as the sandbox's is; and netfilter,
+         * crypto, xfrm, generic and connector families, kernel attack
+         * surface no workload here needs. */
+        for (int protocol = 0; protocol < 32; protocol++) {
+                bool allowed = protocol == NETLINK_ROUTE || protocol == NETLINK_SOCK_DIAG;
+                struct scmp_arg_cmp netlink[] = {
+                        SCMP_A0(SCMP_CMP_EQ, (scmp_datum_t)AF_NETLINK),
+                        SCMP_A2(SCMP_CMP_EQ, (scmp_datum_t)protocol),
+                };
+                if (add_rule(ctx, allowed ? SCMP_ACT_ALLOW : SCMP_ACT_ERRNO(EPROTONOSUPPORT), "socket", 2, netlink,
+                             err) < 0)
                         return -1;
         }
 

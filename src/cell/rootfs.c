@@ -194,6 +194,7 @@ static int mount_dev(int root_fd, struct moat_child_report *report)
 {
         _cleanup_close_ int target = open_directory(root_fd, "dev", 0755, MOAT_STEP_DEV, report);
         _cleanup_close_ int dev_fd = -1;
+        struct mount_attr device_attr = { .attr_set = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC };
         char source[32];
 
         if (target < 0 ||
@@ -213,6 +214,12 @@ static int mount_dev(int root_fd, struct moat_child_report *report)
                 moat_child_append(source, sizeof(source), host_devices[i]);
                 if (mount_on_fd(source, dev_fd, host_devices[i], NULL, MS_BIND, NULL, MOAT_STEP_DEV, report) < 0)
                         return -1;
+                /* A device bind needs dev, but nothing else: nosuid and
+                 * noexec, so every writable mount in the sandbox carries at
+                 * least those (the posture test checks it). */
+                if (syscall(SYS_mount_setattr, dev_fd, host_devices[i], AT_SYMLINK_NOFOLLOW, &device_attr,
+                            sizeof(device_attr)) < 0)
+                        return moat_child_fail(report, MOAT_STEP_DEV, errno, "mount_setattr", host_devices[i]);
         }
         /* A new devpts instance: the sandbox's ptys are its own, and host
          * ttys are not reachable through it. */
@@ -423,6 +430,7 @@ static const char *const read_only_paths[] = {
 int moat_rootfs_mask_paths(struct moat_child_report *report)
 {
         struct mount_attr read_only = { .attr_set = MOUNT_ATTR_RDONLY };
+        struct mount_attr file_mask = { .attr_set = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC };
         struct stat st;
 
         for (size_t i = 0; i < MOAT_ARRAY_SIZE(masked_paths); i++) {
@@ -435,6 +443,11 @@ int moat_rootfs_mask_paths(struct moat_child_report *report)
                 if (S_ISDIR(st.st_mode) ? mount("tmpfs", path, "tmpfs", MS_RDONLY | NOSUID_NODEV_NOEXEC, "size=4k")
                                         : mount("/dev/null", path, NULL, MS_BIND, NULL))
                         return moat_child_fail(report, MOAT_STEP_MASK_PATHS, errno, "mount", path);
+                /* A file mask reads as empty; read-only, nosuid, noexec so
+                 * the mask itself offers nothing more than that. */
+                if (!S_ISDIR(st.st_mode) &&
+                    syscall(SYS_mount_setattr, AT_FDCWD, path, AT_SYMLINK_NOFOLLOW, &file_mask, sizeof(file_mask)) < 0)
+                        return moat_child_fail(report, MOAT_STEP_MASK_PATHS, errno, "mount_setattr", path);
         }
         for (size_t i = 0; i < MOAT_ARRAY_SIZE(read_only_paths); i++) {
                 const char *path = read_only_paths[i];

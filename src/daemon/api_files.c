@@ -637,7 +637,7 @@ static int archive_add_entry(struct archive_stream *stream, const char *name)
                 /* O_NOFOLLOW|O_NONBLOCK: a file swapped for a symlink or a
                  * FIFO since the stat is not opened/blocked on; fstat of the
                  * opened fd gives the size we promise in the header. */
-                int fd = openat(dirfd(dir), name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+                int fd = openat(dirfd(dir), name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
 
                 if (fd < 0)
                         return 0;
@@ -674,7 +674,9 @@ static int archive_add_entry(struct archive_stream *stream, const char *name)
                 _cleanup_close_ int child_fd = openat(dirfd(dir), name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
                 _cleanup_free_ char *prefix = NULL;
 
-                if (child_fd >= 0 && asprintf(&prefix, "%s/", path) >= 0)
+                if (child_fd >= 0 && files_on_kernel_filesystem(child_fd))
+                        ; /* an entry, never its contents: see files_on_kernel_filesystem */
+                else if (child_fd >= 0 && asprintf(&prefix, "%s/", path) >= 0)
                         (void)archive_push_dir(stream, child_fd, prefix);
                 else if (child_fd >= 0)
                         prefix = NULL;
@@ -946,7 +948,7 @@ static int watch_add_tree(struct watch_stream *watch, int dir_fd, const char *pa
                 if (entry->d_type != DT_DIR || strcmp(entry->d_name, ".") == 0 || strcmp(entry->d_name, "..") == 0)
                         continue;
                 child_fd = openat(dirfd(dir), entry->d_name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-                if (child_fd < 0)
+                if (child_fd < 0 || files_on_kernel_filesystem(child_fd))
                         continue;
                 if (asprintf(&child_path, "%s%s%s", path, path[strlen(path) - 1] == '/' ? "" : "/",
                              entry->d_name) < 0) {

@@ -5,7 +5,9 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/capability.h>
+#include <linux/magic.h>
 #include <linux/openat2.h>
+#include <sys/vfs.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -86,6 +88,15 @@ int files_path_check(const char *path, struct moat_error **err)
                 return moat_error_invalid(err, "`path` is longer than %d bytes", FILES_PATH_MAX);
         if (path[0] != '/')
                 return moat_error_invalid(err, "`path` must be absolute (start with /)");
+        /* Replies name the path in JSON, which holds only UTF-8: a path that
+         * cannot be answered about is refused before anything is done. */
+        {
+                json_t *text = json_stringn(path, length);
+
+                if (!text)
+                        return moat_error_invalid(err, "`path` must be valid UTF-8");
+                json_decref(text);
+        }
         return 0;
 }
 
@@ -121,7 +132,10 @@ static int openat2_in_root(int root_fd, const char *path, int flags, mode_t mode
          * ".." stay inside); RESOLVE_NO_MAGICLINKS: /proc/<pid>/fd/N style links
          * inside the sandbox could otherwise point at anything. */
         struct open_how how = {
-                .flags = (uint64_t)(flags | O_CLOEXEC),
+                /* O_NOCTTY: opening a terminal node planted in (or bound
+                 * into) the sandbox never makes it moatd's terminal
+                 * (openat2 refuses it beside O_PATH, which opens nothing). */
+                .flags = (uint64_t)(flags | O_CLOEXEC | ((flags & O_PATH) ? 0 : O_NOCTTY)),
                 .mode = (flags & (O_CREAT | O_TMPFILE)) ? mode : 0,
                 .resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
         };
@@ -137,12 +151,43 @@ static int openat2_in_root(int root_fd, const char *path, int flags, mode_t mode
         return -1;
 }
 
+/* Kernel interfaces mounted in the sandbox (procfs, sysfs, cgroupfs, ...)
+ * answer whoever opens them with that opener's credentials. moatd is host
+ * root: through it /proc/kallsyms would show real kernel addresses,
+ * /proc/1/environ and /proc/1/maps init's secrets, and writes would act with
+ * host capabilities, all refused to the workload itself. The files API
+ * serves the sandbox's files; kernel interfaces are read from inside (exec). */
+bool files_on_kernel_filesystem(int fd)
+{
+        static const unsigned long kernel_filesystems[] = {
+                PROC_SUPER_MAGIC,   SYSFS_MAGIC,     CGROUP_SUPER_MAGIC, CGROUP2_SUPER_MAGIC, DEBUGFS_MAGIC,
+                TRACEFS_MAGIC,      SECURITYFS_MAGIC, BPF_FS_MAGIC,      SELINUX_MAGIC,       SMACK_MAGIC,
+                PSTOREFS_MAGIC,     EFIVARFS_MAGIC,  BINFMTFS_MAGIC,     NSFS_MAGIC,          DEVPTS_SUPER_MAGIC,
+                0x65735543 /* fusectl */, 0x62656570 /* configfs */,
+        };
+        struct statfs st;
+
+        if (fstatfs(fd, &st) < 0)
+                return true; /* cannot tell: refuse */
+        for (size_t i = 0; i < MOAT_ARRAY_SIZE(kernel_filesystems); i++)
+                if ((unsigned long)st.f_type == kernel_filesystems[i])
+                        return true;
+        return false;
+}
+
 int files_open(int root_fd, const char *path, int flags, mode_t mode, struct moat_error **err)
 {
         int fd = openat2_in_root(root_fd, path, flags, mode);
 
         if (fd < 0)
                 return files_error_from_errno(err, errno, "open", path);
+        if (files_on_kernel_filesystem(fd)) {
+                close(fd);
+                return moat_error_set(err, MOAT_ERROR_CONFLICT, 0, "kernel_filesystem",
+                                      "`%.512s` is on a kernel filesystem (/proc, /sys, ...): read it from inside the "
+                                      "sandbox with an exec",
+                                      path);
+        }
         return fd;
 }
 
@@ -413,8 +458,8 @@ static int list_dir(struct list_walk *walk, int dir_fd, const char *display_path
                         _cleanup_close_ int child_fd =
                                 openat(dirfd(dir), entry->d_name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 
-                        if (child_fd < 0)
-                                continue;
+                        if (child_fd < 0 || files_on_kernel_filesystem(child_fd))
+                                continue; /* listed, not descended into: see files_on_kernel_filesystem */
                         r = list_dir(walk, child_fd, child_path, depth_left - 1, err);
                         if (r < 0)
                                 break;
@@ -664,6 +709,15 @@ static int chmod_as_actor(int root_fd, const char *path, mode_t mode, struct moa
                 if (S_ISLNK(st.st_mode))
                         return moat_error_set(err, MOAT_ERROR_CONFLICT, 0, "is_a_symlink",
                                               "chmod `%.512s`: is a symbolic link", path);
+                /* The device nodes in the sandbox's /dev are binds of the
+                 * host's own: a chmod there would change the host's
+                 * /dev/null. Regular files and directories only. */
+                if (!S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode))
+                        return moat_error_set(err, MOAT_ERROR_CONFLICT, 0, "not_a_regular_file",
+                                              "chmod `%.512s`: not a regular file or directory", path);
+                if (files_on_kernel_filesystem(fd))
+                        return moat_error_set(err, MOAT_ERROR_CONFLICT, 0, "kernel_filesystem",
+                                              "chmod `%.512s`: on a kernel filesystem", path);
         }
         /* fchmod does not take O_PATH fds; the /proc/self/fd link of our own
          * fd names exactly the inode opened above. */
@@ -918,11 +972,24 @@ static int64_t write_chunk_as_owner(struct sandbox *sandbox, int root_fd, const 
         if (w->append) {
                 /* Appending writes the target itself (a log, a resumable
                  * stream): partial data is the caller's choice here. */
-                fd = openat(parent_fd, name, O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_CLOEXEC, w->mode);
+                /* O_NONBLOCK|O_NOCTTY, then the type on the opened fd: a
+                 * FIFO planted by the workload must not block the loop, and
+                 * a device node (the host's, bound in) is not a file to
+                 * append to. */
+                if (fstatat(parent_fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && !S_ISREG(st.st_mode))
+                        return moat_error_set(err, MOAT_ERROR_CONFLICT, 0, "not_a_regular_file",
+                                              "append to `%.512s`: not a regular file", w->path);
+                fd = openat(parent_fd, name, O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC,
+                            w->mode);
                 if (fd < 0)
                         return files_error_from_errno(err, errno, "write", w->path);
                 if (fstat(fd, &st) < 0)
                         return files_error_from_errno(err, errno, "write", w->path);
+                if (!S_ISREG(st.st_mode))
+                        return moat_error_set(err, MOAT_ERROR_CONFLICT, 0, "not_a_regular_file",
+                                              "append to `%.512s`: not a regular file", w->path);
+                if (fcntl(fd, F_SETFL, O_APPEND) < 0)
+                        return moat_error_system(err, errno, "fcntl");
                 if (st.st_size == 0 && st.st_uid == 0 && w->owner && fchown(fd, w->owner->uid, w->owner->gid) < 0)
                         return moat_error_system(err, errno, "chown `%.512s`", w->path);
                 if (write_pieces(fd, pieces, count) < 0)

@@ -52,7 +52,12 @@ int files_root_open(struct sandbox *sandbox, struct moat_error **err);
 int files_owner_resolve(struct sandbox *sandbox, int root_fd, const char *user, struct files_owner *ret_owner,
                         struct moat_error **err);
 
-/* openat2 under the sandbox root. Returns the fd. */
+/* Whether fd is on a kernel filesystem (procfs, sysfs, cgroupfs, ...),
+ * which the files API never reads, writes or descends into. */
+bool files_on_kernel_filesystem(int fd);
+
+/* openat2 under the sandbox root (a kernel filesystem is refused with 409
+ * kernel_filesystem). Returns the fd. */
 int files_open(int root_fd, const char *path, int flags, mode_t mode, struct moat_error **err);
 
 /* The file to read: a regular file opened O_RDONLY (is_a_directory otherwise). */

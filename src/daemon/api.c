@@ -1,6 +1,7 @@
 #include "api.h"
 #include "image_build.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <sys/queue.h>
 #include <event2/buffer.h>
@@ -12,12 +13,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
 #include "common/cleanup.h"
+#include "api_route.h"
 #include "log.h"
 #include "request.h"
 
@@ -174,6 +177,18 @@ const char *api_body(struct evhttp_request *request, size_t *ret_length)
                 return "";
         data = (const char *)evbuffer_pullup(input, -1);
         return data ? data : "";
+}
+
+char *api_param_decode(const struct api_call *call, int index)
+{
+        size_t length = 0;
+        char *decoded = evhttp_uridecode(call->params[index], 0, &length);
+
+        if (decoded && strlen(decoded) != length) {
+                free(decoded);
+                return NULL;
+        }
+        return decoded;
 }
 
 const char *api_query(struct api_call *call, const char *key)
@@ -426,33 +441,6 @@ static const struct route routes[] = {
         {EVHTTP_REQ_DELETE, "v1/images/*", api_images_delete},
 };
 
-/* Matches path (without the leading '/') against pattern; "*" captures a
- * segment into params (copied into storage). */
-static bool route_match(const char *pattern, const char *path, char storage[2][128], const char *params[2])
-{
-        unsigned captured = 0;
-
-        for (;;) {
-                const char *pattern_end = strchrnul(pattern, '/'), *path_end = strchrnul(path, '/');
-                size_t pattern_length = (size_t)(pattern_end - pattern), path_length = (size_t)(path_end - path);
-
-                if (pattern_length == 1 && pattern[0] == '*') {
-                        if (path_length == 0 || path_length >= 128 || captured >= 2)
-                                return false;
-                        memcpy(storage[captured], path, path_length);
-                        storage[captured][path_length] = '\0';
-                        params[captured] = storage[captured];
-                        captured++;
-                } else if (pattern_length != path_length || memcmp(pattern, path, path_length) != 0) {
-                        return false;
-                }
-                if (*pattern_end == '\0' || *path_end == '\0')
-                        return *pattern_end == '\0' && *path_end == '\0';
-                pattern = pattern_end + 1;
-                path = path_end + 1;
-        }
-}
-
 static const char *method_name(enum evhttp_cmd_type method)
 {
         switch (method) {
@@ -477,13 +465,67 @@ static struct api_hold *hold_find(struct moatd *daemon, struct evhttp_request *r
         return NULL;
 }
 
+/* RFC 9110 field-name: a token. libevent keeps "Content-Length " (space
+ * before the colon) as a different header, which it then ignores. */
+static bool header_name_valid(const char *name)
+{
+        if (!name[0])
+                return false;
+        for (const char *c = name; *c; c++)
+                if (!isalnum((unsigned char)*c) && !strchr("!#$%&'*+-.^_`|~", *c))
+                        return false;
+        return true;
+}
+
+/* Request smuggling: a message whose length the client and libevent could
+ * read differently (two Content-Lengths, a Transfer-Encoding libevent does
+ * not decode, both framings at once, a header name libevent ignores) would
+ * let bytes of its body run as the next request on the connection. Such a
+ * request is refused and its connection closed (RFC 9112 section 6.3). */
+static const char *framing_problem(struct evhttp_request *request)
+{
+        struct evkeyvalq *headers = evhttp_request_get_input_headers(request);
+        const char *encoding = NULL;
+        struct evkeyval *header;
+        int lengths = 0;
+
+        TAILQ_FOREACH(header, headers, next) {
+                if (!header_name_valid(header->key))
+                        return "malformed header name";
+                if (strcasecmp(header->key, "Content-Length") == 0) {
+                        lengths++;
+                } else if (strcasecmp(header->key, "Transfer-Encoding") == 0) {
+                        if (encoding)
+                                return "more than one Transfer-Encoding";
+                        encoding = header->value + strspn(header->value, " \t");
+                }
+        }
+        if (lengths > 1)
+                return "more than one Content-Length";
+        if (encoding && (strncasecmp(encoding, "chunked", 7) != 0 || encoding[7 + strspn(encoding + 7, " \t")]))
+                return "unsupported Transfer-Encoding (only chunked)";
+        if (encoding && lengths)
+                return "both Content-Length and Transfer-Encoding";
+        return NULL;
+}
+
+/* Answer and close the connection: whatever follows on it is not trusted
+ * to be a request. */
+static void reply_and_close(struct evhttp_request *request, const char *code, const char *message)
+{
+        evhttp_add_header(evhttp_request_get_output_headers(request), "Connection", "close");
+        api_reply_new_error(request, MOAT_ERROR_INVALID_ARGUMENT, code, "%s", message);
+}
+
 static void api_dispatch(struct evhttp_request *request, void *arg)
 {
         struct moatd *daemon = arg;
         const struct evhttp_uri *uri;
         const char *path, *query;
-        char storage[2][128];
+        char storage[2][API_ROUTE_PARAM_MAX];
         struct api_call call = {.daemon = daemon, .request = request};
+        enum evhttp_cmd_type method;
+        const char *problem;
         bool path_known = false;
 
         /* libevent calls back without a URI when a request failed after it
@@ -498,6 +540,31 @@ static void api_dispatch(struct evhttp_request *request, void *arg)
                                             "request body exceeds %d bytes", REQUEST_BODY_MAX);
                 else
                         api_reply_new_error(request, MOAT_ERROR_INVALID_ARGUMENT, NULL, "malformed request");
+                return;
+        }
+        if ((problem = framing_problem(request))) {
+                reply_and_close(request, "bad_framing", problem);
+                return;
+        }
+        /* Only GET, POST, PUT and DELETE are routed. HEAD and CONNECT
+         * replies carry no body (libevent frames them without one, so a
+         * client would read ours as the next response); the rest (OPTIONS,
+         * TRACE, PATCH) get the JSON error and their connection closed. */
+        method = evhttp_request_get_command(request);
+        if (method == EVHTTP_REQ_HEAD || method == EVHTTP_REQ_CONNECT) {
+                /* libevent keeps a CONNECT's connection open whatever we say,
+                 * so that reply states its empty length itself. */
+                evhttp_add_header(evhttp_request_get_output_headers(request),
+                                  method == EVHTTP_REQ_CONNECT ? "Content-Length" : "Connection",
+                                  method == EVHTTP_REQ_CONNECT ? "0" : "close");
+                evhttp_send_reply(request, 405, "Method Not Allowed", NULL);
+                return;
+        }
+        if (method != EVHTTP_REQ_GET && method != EVHTTP_REQ_POST && method != EVHTTP_REQ_PUT &&
+            method != EVHTTP_REQ_DELETE) {
+                evhttp_add_header(evhttp_request_get_output_headers(request), "Connection", "close");
+                api_reply_new_error(request, MOAT_ERROR_INVALID_ARGUMENT, "method_not_allowed",
+                                    "only GET, POST, PUT and DELETE are served");
                 return;
         }
         /* The body limit is enforced here, not by libevent: libevent 2.1
@@ -517,7 +584,7 @@ static void api_dispatch(struct evhttp_request *request, void *arg)
                 return;
         }
         for (size_t i = 0; i < MOAT_ARRAY_SIZE(routes); i++) {
-                if (!route_match(routes[i].pattern, path + 1, storage, call.params))
+                if (!api_route_match(routes[i].pattern, path + 1, storage, call.params))
                         continue;
                 path_known = true;
                 if (routes[i].method != evhttp_request_get_command(request))
@@ -578,7 +645,7 @@ static int listen_unix(const char *path, struct moat_error **err)
         /* Anyone who can connect controls sandboxes: owner and group only. */
         if (chmod(path, 0660) < 0)
                 return moat_error_system(err, errno, "chmod `%s`", path);
-        if (listen(fd, 128) < 0)
+        if (listen(fd, SOMAXCONN) < 0) /* bursts of clients wait, not fail */
                 return moat_error_system(err, errno, "listen `%s`", path);
         return TAKE_FD(fd);
 }

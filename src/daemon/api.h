@@ -32,6 +32,10 @@ json_t *api_error_json(const struct moat_error *error);
 /* The request body, contiguous; length in *ret_length. */
 const char *api_body(struct evhttp_request *request, size_t *ret_length);
 /* A query value or NULL. */
+/* The route's %-encoded segment `index` decoded, or NULL when it does not
+ * decode or decodes to a NUL byte (which would end the name early: `host%00x`
+ * must not act on `host`). The caller frees it. */
+char *api_param_decode(const struct api_call *call, int index);
 const char *api_query(struct api_call *call, const char *key);
 /* The optional `?timeout=S` of a wait: -1 (none) or seconds. Replies 400 and
  * returns -1 if it is malformed. */

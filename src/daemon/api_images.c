@@ -43,7 +43,7 @@ void api_images_list(struct api_call *call)
  * /v1/images?ref= too. */
 static char *ref_of(struct api_call *call)
 {
-        char *ref = evhttp_uridecode(call->params[0], 0, NULL);
+        char *ref = api_param_decode(call, 0);
 
         if (!ref || !ref[0] || strlen(ref) > REQUEST_IMAGE_NAME_MAX) {
                 free(ref);

@@ -33,7 +33,7 @@ static void reply_error(struct api_call *call, struct moat_error *err)
 static struct volume *volume_of(struct api_call *call)
 {
         struct moat_error *err = NULL;
-        _cleanup_free_ char *name = evhttp_uridecode(call->params[0], 0, NULL);
+        _cleanup_free_ char *name = api_param_decode(call, 0);
         struct volume *volume;
 
         if (!name || !volume_name_valid(name)) {

@@ -19,6 +19,7 @@
 #include "client/client.h"
 #include "client/output_stream.h"
 #include "common/cleanup.h"
+#include "image_build_spec.h"
 #include "image_debian.h"
 #include "image_store.h"
 #include "log.h"
@@ -26,7 +27,7 @@
 #include "request.h"
 #include "tree_copy.h"
 
-#define CONTEXT_MAX (6 * 1024 * 1024)
+#define CONTEXT_MAX IMAGE_BUILD_CONTEXT_MAX
 
 struct build {
         struct moatd *daemon;
@@ -519,19 +520,6 @@ drop:
         return -1;
 }
 
-static bool string_array(const json_t *value)
-{
-        const json_t *entry;
-        size_t index;
-
-        if (!json_is_array(value) || json_array_size(value) == 0 || json_array_size(value) > 1024)
-                return false;
-        json_array_foreach(value, index, entry)
-                if (!json_is_string(entry) || json_string_length(entry) > 65536)
-                        return false;
-        return true;
-}
-
 /* The config after an env/workdir/user step; NULL if the step is not one. */
 static json_t *config_step(const json_t *config, const char *kind, const json_t *value)
 {
@@ -563,61 +551,6 @@ static json_t *config_step(const json_t *config, const char *kind, const json_t 
                 json_object_set_new(next, "env", merged);
         }
         return next;
-}
-
-/* Validate a step: exactly one known key, of the right shape. */
-static const char *step_kind(const json_t *step, const char **why)
-{
-        static const char *const kinds[] = {"run", "apt_install", "copy", "env", "workdir", "user", NULL};
-        const char *key;
-        json_t *value;
-
-        *why = "a step is an object with one of run, apt_install, copy, env, workdir, user";
-        if (!json_is_object(step) || json_object_size(step) != 1)
-                return NULL;
-        json_object_foreach((json_t *)step, key, value) {
-                for (const char *const *k = kinds; *k; k++) {
-                        if (strcmp(*k, key) != 0)
-                                continue;
-                        if (strcmp(key, "run") == 0 && !json_is_string(value) && !string_array(value))
-                                return *why = "`run` is a shell command or a list of them", NULL;
-                        if (strcmp(key, "apt_install") == 0) {
-                                const json_t *entry;
-                                size_t index;
-
-                                if (!string_array(value))
-                                        return *why = "`apt_install` is a list of package names", NULL;
-                                json_array_foreach(value, index, entry)
-                                        for (const char *p = json_string_value(entry); *p; p++)
-                                                if (!(islower((unsigned char)*p) || isdigit((unsigned char)*p) ||
-                                                      strchr("+-.:=~", *p)))
-                                                        return *why = "`apt_install`: not a Debian package name",
-                                                               NULL;
-                        }
-                        if (strcmp(key, "copy") == 0 &&
-                            (!json_is_string(json_object_get(value, "src")) ||
-                             !json_is_string(json_object_get(value, "dest"))))
-                                return *why = "`copy` is {\"src\": path in the upload, \"dest\": absolute path}", NULL;
-                        if (strcmp(key, "env") == 0) {
-                                const char *name;
-                                json_t *v;
-
-                                if (!json_is_object(value))
-                                        return *why = "`env` is an object of strings", NULL;
-                                json_object_foreach(value, name, v)
-                                        if (!json_is_string(v) || !request_env_key_valid(name))
-                                                return *why = "`env`: keys [A-Za-z_][A-Za-z0-9_]*, string values",
-                                                       NULL;
-                        }
-                        if (strcmp(key, "workdir") == 0 &&
-                            (!json_is_string(value) || json_string_value(value)[0] != '/'))
-                                return *why = "`workdir` is an absolute path", NULL;
-                        if (strcmp(key, "user") == 0 && (!json_is_string(value) || !json_string_length(value)))
-                                return *why = "`user` is a user name or uid[:gid]", NULL;
-                        return *k;
-                }
-        }
-        return NULL;
 }
 
 static void *build_main(void *arg)
@@ -671,7 +604,7 @@ static void *build_main(void *arg)
         view_clear(&view);
 
         json_array_foreach(steps, index, step) {
-                const char *why, *kind = step_kind(step, &why);
+                const char *why, *kind = image_build_step_kind(step, &why);
                 json_t *value = json_object_get(step, kind);
                 struct cache_op cache = {.daemon = build->daemon, .key = key};
                 char content[65] = "", copy_layer_id[72] = "", next[32] = "";
@@ -931,13 +864,11 @@ static int extract_context(struct build *build, const char *base64, struct moat_
 
 void api_images_build(struct api_call *call)
 {
-        static const char *const fields[] = {"name", "from", "steps", "context", NULL};
         struct moat_error *err = NULL;
         size_t length;
-        const char *body = api_body(call->request, &length), *key, *why;
+        const char *body = api_body(call->request, &length);
         struct build *build = calloc(1, sizeof(*build));
-        json_t *root = NULL, *value, *steps, *name, *from, *context, *step;
-        size_t index;
+        json_t *root = NULL, *steps, *name, *from, *context;
 
         if (!build)
                 return api_reply_new_error(call->request, MOAT_ERROR_INTERNAL, NULL, "out of memory");
@@ -945,48 +876,12 @@ void api_images_build(struct api_call *call)
         build->daemon = call->daemon;
         snprintf(build->images_dir, sizeof(build->images_dir), "%s", call->daemon->images_dir);
         snprintf(build->socket_path, sizeof(build->socket_path), "%s", call->daemon->options.socket_path);
-        root = json_loadb(body, length, JSON_REJECT_DUPLICATES, NULL);
-        if (!json_is_object(root)) {
-                moat_error_invalid(&err, "the body is a build spec: {\"name\", \"from\", \"steps\", \"context\"}");
+        if (image_build_spec_parse(body, length, &root, &err) < 0)
                 goto fail;
-        }
-        json_object_foreach(root, key, value) {
-                bool known = false;
-
-                for (const char *const *f = fields; *f; f++)
-                        known |= strcmp(*f, key) == 0;
-                if (!known) {
-                        moat_error_invalid(&err, "unknown field `%.64s`", key);
-                        goto fail;
-                }
-        }
         name = json_object_get(root, "name");
         from = json_object_get(root, "from");
         steps = json_object_get(root, "steps");
         context = json_object_get(root, "context");
-        if (!json_is_string(name) || !request_image_name_valid(json_string_value(name)) ||
-            strcmp(json_string_value(name), IMAGE_HOST_NAME) == 0 || strncmp(json_string_value(name), "img-", 4) == 0) {
-                moat_error_invalid(&err, "`name` must be a valid image name");
-                goto fail;
-        }
-        if (!json_is_string(from) || !request_image_name_valid(json_string_value(from))) {
-                moat_error_invalid(&err, "`from` must name an image (\"debian:bookworm-slim\", \"host\", ...)");
-                goto fail;
-        }
-        if (!json_is_array(steps) || json_array_size(steps) > IMAGE_BUILD_STEPS_MAX) {
-                moat_error_invalid(&err, "`steps` must be a list of at most %d steps", IMAGE_BUILD_STEPS_MAX);
-                goto fail;
-        }
-        json_array_foreach(steps, index, step)
-                if (!step_kind(step, &why)) {
-                        moat_error_invalid(&err, "steps[%zu]: %s", index, why);
-                        goto fail;
-                }
-        if (context && !json_is_null(context) &&
-            (!json_is_string(context) || json_string_length(context) > CONTEXT_MAX / 3 * 4 + 4)) {
-                moat_error_invalid(&err, "`context` is a base64 tar of at most %d bytes", CONTEXT_MAX);
-                goto fail;
-        }
         if (builds_running >= IMAGE_BUILDS_MAX) {
                 moat_error_set(&err, MOAT_ERROR_LIMIT_EXCEEDED, 0, NULL, "%d builds are running; retry later",
                                IMAGE_BUILDS_MAX);

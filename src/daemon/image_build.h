@@ -13,8 +13,8 @@
 #include <jansson.h>
 
 #include "api.h"
+#include "image_build_spec.h"
 
-#define IMAGE_BUILD_STEPS_MAX 50
 #define IMAGE_BUILDS_MAX 4 /* at once */
 
 void api_images_build(struct api_call *call);

@@ -171,6 +171,12 @@ static int check_tags(json_t *tags, struct moat_error **err)
         json_object_foreach(tags, key, value) {
                 if (strlen(key) == 0 || strlen(key) > REQUEST_TAG_KEY_MAX)
                         return moat_error_invalid(err, "tag keys must be 1 to %d bytes", REQUEST_TAG_KEY_MAX);
+                /* `tag=KEY=VALUE` filters split at the first '=': a key holding
+                 * one could never be selected, and would make another tag's
+                 * filter match it. Control bytes have no place in a label. */
+                for (const char *c = key; *c; c++)
+                        if (*c == '=' || (unsigned char)*c < 0x20 || *c == 0x7f)
+                                return moat_error_invalid(err, "tag keys must not hold '=' or control characters");
                 if (!json_is_string(value))
                         return moat_error_invalid(err, "tag `%.64s` must be a string", key);
                 if (string_has_nul(value) || json_string_length(value) > REQUEST_TAG_VALUE_MAX)

@@ -41,6 +41,7 @@ struct moat_cell_runtime {
         struct moat_cgroup_hierarchy hierarchies[MOAT_CGROUP_HIERARCHY_MAX];
         unsigned hierarchy_count;
         bool has_memsw;        /* v1: memory.memsw.* exists (swap accounting on) */
+        bool has_kmem_tcp;     /* v1: memory.kmem.tcp.* exists (socket buffers capped) */
         bool has_cgroup_kill;  /* v2: cgroup.kill exists */
         bool has_memory_peak;  /* v2: memory.peak exists */
 

@@ -243,6 +243,9 @@ static int detect_v1(struct moat_cell_runtime *runtime, const char *cgroup_paren
                         join_path(path, sizeof(path), runtime->hierarchies[i].base, "memory.memsw.limit_in_bytes",
                                   err);
                         runtime->has_memsw = access(path, F_OK) == 0;
+                        join_path(path, sizeof(path), runtime->hierarchies[i].base, "memory.kmem.tcp.limit_in_bytes",
+                                  NULL);
+                        runtime->has_kmem_tcp = access(path, F_OK) == 0;
                 }
         }
         return 0;
@@ -311,6 +314,15 @@ static int apply_v1(const struct moat_cell *cell, unsigned index, const struct m
                         write_limit(dir, "memory.swappiness", 0, false, "", &ignored);
                         moat_error_free(ignored);
                 }
+                /* v1 charges TCP socket buffers to a counter of their own,
+                 * unlimited by default and outside memory.limit_in_bytes: a
+                 * sandbox holding a few hundred loopback connections full
+                 * could pin gigabytes of host memory (and stall every TCP
+                 * user on the host at net.ipv4.tcp_mem). Capped at the memory
+                 * limit; v2 counts socket memory in memory.max itself. */
+                if (!no_memory_limit && runtime->has_kmem_tcp &&
+                    write_limit(dir, "memory.kmem.tcp.limit_in_bytes", config->memory_bytes, false, "", err) < 0)
+                        return -1;
         }
         if ((roles & MOAT_CGROUP_ROLE_PIDS) &&
             write_limit(dir, "pids.max", config->pids_max, config->pids_max == 0, "max", err) < 0)

@@ -70,6 +70,18 @@ void net_cidr_format(const struct net_cidr *cidr, char *buffer, size_t size)
 /* Letters, digits, '-' (not first or last) and '_' in labels of 1..63 bytes, 253 bytes in all,
  * optionally "*." first. Names are ASCII: an internationalised name is given
  * in its xn-- form, as DNS carries it. */
+bool net_cidr_covers(const struct net_cidr *outer, const struct net_cidr *inner)
+{
+        if (outer->family != inner->family || outer->prefix > inner->prefix)
+                return false;
+        for (unsigned bit = 0; bit < outer->prefix; bit++) {
+                uint8_t mask = (uint8_t)(0x80 >> (bit % 8));
+                if ((outer->address[bit / 8] & mask) != (inner->address[bit / 8] & mask))
+                        return false;
+        }
+        return true;
+}
+
 static bool domain_valid(const char *name)
 {
         size_t length = strlen(name), label = 0;

@@ -64,3 +64,6 @@ int net_ports_parse(const json_t *value, struct net_port *ports, size_t *ret_cou
 bool net_cidr_parse(const char *text, struct net_cidr *ret);
 /* "10.1.0.0/16" */
 void net_cidr_format(const struct net_cidr *cidr, char *buffer, size_t size);
+/* Whether every address of inner is in outer (CIDR blocks either nest or are
+ * disjoint, so two blocks overlap exactly when one covers the other). */
+bool net_cidr_covers(const struct net_cidr *outer, const struct net_cidr *inner);

@@ -281,6 +281,16 @@ static void write_cidr_elements(FILE *out, const char *verb, const char *table, 
         char cidr[64];
 
         for (size_t i = 0; i < policy->cidr_count; i++) {
+                bool covered = false;
+
+                /* An interval set refuses overlapping elements (and a
+                 * concatenated one cannot auto-merge): a block inside another
+                 * of the list, or a repeat of an earlier one, adds nothing. */
+                for (size_t j = 0; j < policy->cidr_count && !covered; j++)
+                        covered = j != i && net_cidr_covers(&policy->cidrs[j], &policy->cidrs[i]) &&
+                                  (!net_cidr_covers(&policy->cidrs[i], &policy->cidrs[j]) || j < i);
+                if (covered)
+                        continue;
                 net_cidr_format(&policy->cidrs[i], cidr, sizeof(cidr));
                 fprintf(out, "%s element inet %s %s { \"%s\" . %s }\n", verb, table,
                         policy->cidrs[i].family == AF_INET ? "allow4" : "allow6", sandbox->ifname, cidr);

@@ -138,6 +138,28 @@ static void test_cidrs(void **state)
         assert_false(net_cidr_parse("pypi.org", &c));
 }
 
+static bool covers(const char *outer, const char *inner)
+{
+        struct net_cidr a, b;
+
+        assert_true(net_cidr_parse(outer, &a));
+        assert_true(net_cidr_parse(inner, &b));
+        return net_cidr_covers(&a, &b);
+}
+
+static void test_cidr_covers(void **state)
+{
+        (void)state;
+        assert_true(covers("10.0.0.0/8", "10.1.0.0/16"));
+        assert_true(covers("10.0.0.0/8", "10.0.0.0/8"));
+        assert_true(covers("0.0.0.0/0", "192.0.2.7"));
+        assert_false(covers("10.1.0.0/16", "10.0.0.0/8"));
+        assert_false(covers("10.0.0.0/8", "11.0.0.0/8"));
+        assert_false(covers("10.0.0.0/8", "::/0"));
+        assert_true(covers("2001:db8::/32", "2001:db8:1::/48"));
+        assert_false(covers("2001:db8::/33", "2001:db8:8000::/48"));
+}
+
 static void test_names(void **state)
 {
         struct net_policy p;
@@ -214,7 +236,7 @@ static void test_ports(void **state)
 int main(void)
 {
         const struct CMUnitTest tests[] = {
-                cmocka_unit_test(test_modes), cmocka_unit_test(test_entries), cmocka_unit_test(test_cidrs),
+                cmocka_unit_test(test_modes), cmocka_unit_test(test_entries), cmocka_unit_test(test_cidrs), cmocka_unit_test(test_cidr_covers),
                 cmocka_unit_test(test_names), cmocka_unit_test(test_ports),
         };
 

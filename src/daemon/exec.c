@@ -116,6 +116,10 @@ static void grant_credit(struct exec *exec, int index)
         struct output_stream *s = &exec->streams[index];
         uint64_t cost = s->bytes + s->chunks * EXEC_CHUNK_OVERHEAD, outstanding = s->granted - s->received, grant;
 
+        /* A timed-out exec's output past the budget is dropped on arrival,
+         * not buffered: only what init holds counts. */
+        if (exec->discarding)
+                cost = 0;
         if (!can_talk_to_init(exec) || cost + outstanding >= EXEC_OUTPUT_BUDGET)
                 return;
         grant = EXEC_OUTPUT_BUDGET - cost - outstanding;
@@ -124,9 +128,9 @@ static void grant_credit(struct exec *exec, int index)
         /* The sandbox-wide budget: unread output of many execs must not add
          * up without bound. Output nobody can read any more (exited, no
          * reader) goes first; a running process just waits (backpressure). */
-        while (sandbox->output_buffered >= SANDBOX_OUTPUT_BUDGET && evict_exited_output(sandbox))
+        while (!exec->discarding && sandbox->output_buffered >= SANDBOX_OUTPUT_BUDGET && evict_exited_output(sandbox))
                 ;
-        if (sandbox->output_buffered >= SANDBOX_OUTPUT_BUDGET) {
+        if (!exec->discarding && sandbox->output_buffered >= SANDBOX_OUTPUT_BUDGET) {
                 exec->credit_withheld = true;
                 sandbox->output_starved = true;
                 return;
@@ -603,6 +607,13 @@ static void on_exec_timeout(evutil_socket_t fd, short what, void *arg)
                 return;
         exec->timed_out = true;
         send_signal(exec, SIGKILL);
+        /* init reports the exit once it has drained the process's pipes; if
+         * nobody reads the output, the budget would hold that back for
+         * ever. From here on what does not fit is dropped instead
+         * (output_dropped), so a wait on a timed-out exec always ends. */
+        exec->discarding = true;
+        grant_credit(exec, 0);
+        grant_credit(exec, 1);
 }
 
 /* ---- lifecycle ---- */
@@ -727,8 +738,16 @@ int exec_on_output(struct sandbox *sandbox, uint32_t handle, int stream, const u
          * our memory, and init is not trusted to respect it by itself. */
         if (s->received > s->granted)
                 return -1;
+        if (exec->discarding && (s->bytes + s->chunks * EXEC_CHUNK_OVERHEAD >= EXEC_OUTPUT_BUDGET ||
+                                 exec->sandbox->output_buffered >= SANDBOX_OUTPUT_BUDGET)) {
+                exec->output_dropped = true;
+                grant_credit(exec, stream - 1);
+                return 0;
+        }
         if (buffer_append(exec, stream - 1, data, length) < 0)
                 return -1;
+        if (exec->discarding)
+                grant_credit(exec, stream - 1);
         notify_readers(exec);
         return 0;
 }

@@ -67,6 +67,7 @@ struct exec {
         bool timed_out, oom_killed;
         bool output_dropped; /* unread output evicted after exit (sandbox output budget) */
         bool credit_withheld; /* waiting for room in the sandbox output budget */
+        bool discarding;      /* timed out: output past the budget is dropped, so init can drain and report the exit */
         int64_t started_at, ended_at;
         uint64_t oom_kills_at_start;
         uint32_t timeout_s;

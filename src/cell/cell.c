@@ -4,6 +4,8 @@
  * The child's half is the checklist in child.c. */
 #include <ctype.h>
 #include <errno.h>
+#include <linux/securebits.h>
+#include <sys/prctl.h>
 #include <fcntl.h>
 #include <linux/mount.h>
 #include <linux/sched.h>
@@ -233,6 +235,52 @@ static int open_volume_tree(const struct moat_cell_bind *bind, int userns_fd, st
         return TAKE_FD(tree);
 }
 
+/* The sandbox's user namespace is owned by the euid of the thread that
+ * clones it. Owned by host root (moatd), every per-user count the kernel keeps
+ * up the namespace chain (inotify instances and watches, among others) would
+ * land on host root's own: one sandbox could exhaust root's 128 inotify
+ * instances, and with them systemd's, moatd's and every other sandbox's. So
+ * this thread clones as the sandbox's own host uid (owner_uid), which nothing
+ * else on the host uses: each sandbox gets counts of its own.
+ *
+ * Raw syscalls, for this thread only (glibc's setresuid would switch every
+ * thread of moatd). SECBIT_NO_SETUID_FIXUP keeps the capabilities this
+ * thread needs (cgroup placement, namespace creation where an LSM requires
+ * CAP_SYS_ADMIN); the fsuid stays 0, so the child's early set-up resolves
+ * moatd's 0700 directories as before. The child starts with the default
+ * securebits: creating a user namespace resets them.
+ *
+ * The same identity lets the parent's half set the child's rlimits: as the
+ * namespace's owner it holds every capability there, which prlimit() on the
+ * child asks for now that their uids differ (moatd may lack CAP_SYS_RESOURCE
+ * itself, in a container). */
+struct owner_identity {
+        int securebits;
+};
+
+static int owner_identity_enter(struct owner_identity *saved, uid_t owner_uid)
+{
+        saved->securebits = prctl(PR_GET_SECUREBITS);
+        if (saved->securebits < 0)
+                return -errno;
+        if (prctl(PR_SET_SECUREBITS, (unsigned long)saved->securebits | SECBIT_NO_SETUID_FIXUP) < 0)
+                return -errno;
+        if (syscall(SYS_setresuid, (uid_t)-1, owner_uid, (uid_t)-1) < 0) {
+                int r = -errno;
+                prctl(PR_SET_SECUREBITS, (unsigned long)saved->securebits);
+                return r;
+        }
+        syscall(SYS_setfsuid, 0);
+        return 0;
+}
+
+static void owner_identity_leave(const struct owner_identity *saved)
+{
+        /* Back to euid (and so fsuid) 0; the capabilities never left. */
+        syscall(SYS_setresuid, (uid_t)-1, 0, (uid_t)-1);
+        prctl(PR_SET_SECUREBITS, (unsigned long)saved->securebits);
+}
+
 static int prepare_child(struct moat_cell *cell, const struct moat_cell_config *config, int sync_fd,
                          struct moat_error **err)
 {
@@ -246,8 +294,17 @@ static int prepare_child(struct moat_cell *cell, const struct moat_cell_config *
                 return -1;
         if (cell->runtime->cgroup_version == MOAT_CGROUP_V1 && moat_cgroup_attach(cell, cell->pid, err) < 0)
                 return -1;
-        if (moat_rlimits_apply(cell->pid, err) < 0)
-                return -1;
+        {
+                struct owner_identity saved;
+                int failed = owner_identity_enter(&saved, config->host_id_base);
+
+                if (failed < 0)
+                        return moat_error_system(err, -failed, "act as the namespace's owner");
+                failed = moat_rlimits_apply(cell->pid, err);
+                owner_identity_leave(&saved);
+                if (failed < 0)
+                        return -1;
+        }
         snprintf(path, sizeof(path), "/proc/%d/ns/user", (int)cell->pid);
         userns_fd = open(path, O_RDONLY | O_CLOEXEC);
         if (userns_fd < 0)
@@ -462,7 +519,15 @@ static long start_child(struct clone_args *args, struct moat_child_plan *plan, s
         args->parent_tid = (uint64_t)(uintptr_t)&half->child_pid;
         args->stack = (uint64_t)(uintptr_t)stack;
         args->stack_size = CHILD_STACK_SIZE;
-        pid = clone3_on_stack(args, child_entry, plan);
+        {
+                struct owner_identity saved;
+
+                pid = owner_identity_enter(&saved, plan->config->host_id_base);
+                if (pid == 0) {
+                        pid = clone3_on_stack(args, child_entry, plan);
+                        owner_identity_leave(&saved);
+                }
+        }
         /* Here the child has exec'd init or died. Dropping our copy of its
          * sync end lets the helper see EOF if it is still waiting. */
         close(*parent_sync_end);
@@ -473,11 +538,21 @@ static long start_child(struct clone_args *args, struct moat_child_plan *plan, s
                 half->result = -1;
         return pid;
 #else
-        pid = syscall(SYS_clone3, args, sizeof(*args));
-        if (pid == 0)
-                moat_child_main(plan); /* never returns */
-        if (pid < 0)
-                return -errno;
+        {
+                struct owner_identity saved;
+
+                pid = owner_identity_enter(&saved, plan->config->host_id_base);
+                if (pid < 0)
+                        return pid;
+                pid = syscall(SYS_clone3, args, sizeof(*args));
+                if (pid == 0)
+                        moat_child_main(plan); /* never returns */
+                if (pid < 0)
+                        pid = -errno;
+                owner_identity_leave(&saved);
+                if (pid < 0)
+                        return pid;
+        }
         close(*parent_sync_end);
         *parent_sync_end = -1;
         half->child_pid = (pid_t)pid;

@@ -26,11 +26,17 @@ unit: build
 	meson test -C $(BUILD) --print-errorlogs
 
 e2e: build
-	MOAT_BUILD=$(abspath $(BUILD)) /usr/bin/python3 -m pytest -q tests/e2e sdk/python/tests
+	MOAT_BUILD=$(abspath $(BUILD)) /usr/bin/python3 -m pytest -q tests/e2e tests/security sdk/python/tests
 
 bench: build
 	@scripts/install-deps.sh --bench
 	bench/run.sh $(BUILD)
+
+# libFuzzer harnesses (fuzz/), FUZZ_SECONDS each, in their own clang build.
+FUZZ_SECONDS ?= 60
+FUZZ_BUILD ?= build-fuzz
+fuzz: deps
+	scripts/fuzz.sh $(FUZZ_BUILD) $(FUZZ_SECONDS)
 
 clean:
 	rm -rf $(BUILD)

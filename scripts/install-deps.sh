@@ -3,7 +3,7 @@
 # Idempotent: installs only what is missing, and touches apt only then.
 set -euo pipefail
 
-build=(meson ninja-build pkg-config gcc libc6-dev libldns-dev libmnl-dev libnftables-dev nftables
+build=(meson ninja-build pkg-config gcc clang libc6-dev libldns-dev libmnl-dev libnftables-dev nftables
        libarchive-dev libssl-dev debootstrap e2fsprogs
        libevent-dev libjansson-dev libseccomp-dev libsqlite3-dev libcurl4-openssl-dev)
 test=(libcmocka-dev python3 python3-pytest iproute2 procps util-linux skopeo docker-registry openssl)

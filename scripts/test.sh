@@ -22,11 +22,12 @@ step() {
 
 step meson test -C "$build" --print-errorlogs
 step "$py" -m pytest -q -p no:cacheprovider tests/init
-step "$py" -m pytest -q -p no:cacheprovider tests/e2e sdk/python/tests
+step "$py" -m pytest -q -p no:cacheprovider tests/e2e tests/security sdk/python/tests
 
-# The same suites against an AddressSanitizer + UBSan build of moatd, the CLI
-# and the unit tests (moat-init is static and cannot carry the sanitizer
-# runtimes; tests/init covers it above). UBSan aborts on the first finding;
+# The same suites against an AddressSanitizer + UBSan build of moatd, the CLI,
+# moat-init and the unit tests. moat-init runs in sandboxes as a static binary,
+# which cannot carry the sanitizer runtimes: there it has UBSan in trap mode,
+# and tests/init drives its dynamic ASan+UBSan twin. UBSan aborts on the first finding;
 # LeakSanitizer makes moatd exit non-zero at shutdown, which the harness
 # reports. A small quarantine keeps moatd's RSS near its real size, since the
 # flood test bounds it.
@@ -37,7 +38,14 @@ if [ "${MOAT_SKIP_SANITIZERS:-}" != 1 ]; then
   export ASAN_OPTIONS=detect_leaks=1:quarantine_size_mb=4:thread_local_quarantine_size_kb=64
   export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
   step meson test -C "$asan" --print-errorlogs
+  MOAT_BUILD="$asan" MOAT_INIT="$asan/src/init/moat-init-sanitized" step "$py" -m pytest -q -p no:cacheprovider tests/init
   export MOAT_BUILD="$asan"
-  step "$py" -m pytest -q -p no:cacheprovider tests/e2e sdk/python/tests
+  step "$py" -m pytest -q -p no:cacheprovider tests/e2e tests/security sdk/python/tests
+fi
+# Fuzzing smoke: each libFuzzer harness (fuzz/) for 10 s on its seed corpus,
+# in a clang ASan+UBSan build of its own. It proves every harness still builds
+# and that no seed regressed; `make fuzz` is for the long runs.
+if [ "${MOAT_SKIP_FUZZ:-}" != 1 ]; then
+  step scripts/fuzz.sh "${build}-fuzz" "${MOAT_FUZZ_SECONDS:-10}"
 fi
 exit $status

@@ -7,7 +7,8 @@
  *      (the FROM image is not: only moatd knows its image names, and it
  *      refuses a bad one with a clear error);
  *   2: an image reference (registry_reference_parse, src/daemon/registry.c);
- *   3: a WWW-Authenticate challenge from a registry (registry_challenge_parse). */
+ *   3: a WWW-Authenticate challenge from a registry (registry_challenge_parse);
+ *   4: a manifest or index as a registry serves it (registry_document_check). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -56,19 +57,23 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
         if (size < 1)
                 return 0;
-        switch (data[0] % 4) {
+        switch (data[0] % 5) {
         case 0:
                 fuzz_decode(FUZZ_DECODE_BUILD_SPEC, (const char *)data + 1, size - 1);
                 return 0;
         case 1:
                 check_dockerfile((const char *)data + 1, size - 1);
                 return 0;
+        case 4:
+                (void)registry_document_check((const char *)data + 1, size - 1, &err);
+                moat_error_free(err);
+                return 0;
         }
         /* References and headers arrive as C strings. */
         text = strndup((const char *)data + 1, size - 1);
         if (!text)
                 abort();
-        if (data[0] % 4 == 2) {
+        if (data[0] % 5 == 2) {
                 struct registry_reference reference;
 
                 if (registry_reference_parse(text, &reference, &err) == 0 && reference.digest[0] &&

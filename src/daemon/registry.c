@@ -1067,6 +1067,30 @@ static int manifest_parse(json_t *root, const char *what, struct manifest *manif
         return 0;
 }
 
+int registry_document_check(const char *text, size_t size, struct moat_error **err)
+{
+        json_t *root = json_parse_bounded(text, size, "document", err);
+        struct manifest *manifest;
+        char digest[72];
+        int r;
+
+        if (!root)
+                return -1;
+        if (json_object_get(root, "manifests")) {
+                r = index_pick_platform(root, "document", digest, err);
+        } else {
+                manifest = calloc(1, sizeof(*manifest));
+                if (!manifest) {
+                        json_decref(root);
+                        return moat_error_system(err, ENOMEM, "allocate a manifest");
+                }
+                r = manifest_parse(root, "document", manifest, err);
+                free(manifest);
+        }
+        json_decref(root);
+        return r;
+}
+
 /* ---- the blob cache ---- */
 
 static void cache_name(const char *digest, const char *suffix, char out[96])

@@ -80,6 +80,13 @@ struct registry_challenge {
 int registry_challenge_parse(const char *header, struct registry_challenge *ret,
                              struct moat_error **err);
 
+/* The checks a pull runs on every manifest or index a registry serves
+ * (bounded JSON; an index's linux/<arch> pick; a manifest's config and layer
+ * descriptors, media types and bounds), on one document: for the fuzz
+ * harness (fuzz/fuzz_image_spec.c), which feeds it what a hostile registry
+ * could. */
+int registry_document_check(const char *text, size_t size, struct moat_error **err);
+
 /* Pull `reference` into out_dir (an existing empty directory) as an OCI image
  * layout: oci-layout, index.json (one manifest, annotated
  * org.opencontainers.image.ref.name=<tag> when there is a tag) and

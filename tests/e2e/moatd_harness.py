@@ -730,6 +730,20 @@ def _describe(pids):
             for p in pids]
 
 
+def sandbox_maker(moatd):
+    """Body of a `make` fixture: yields make(**create_kwargs) -> a sandbox on
+    moatd, every one of them deleted when the test ends."""
+    made = []
+
+    def create(**kwargs):
+        sb = moat.Sandbox.create(socket=moatd.socket, **kwargs)
+        made.append(sb)
+        return sb
+    yield create
+    for sb in made:
+        sb.terminate()
+
+
 def moatd_fixture(request, name, extra_args=None):
     """Body of the module-scoped fixture: yields a started Moatd."""
     daemon = Moatd(name, extra_args=extra_args)

@@ -9,7 +9,6 @@ import subprocess
 import tarfile
 import tempfile
 import time
-import urllib.parse
 
 import moat
 import pytest

@@ -4,7 +4,6 @@ references, and the Debian pull with its progress stream; through the SDK,
 the CLI and raw HTTP against a real moatd."""
 
 import hashlib
-import http.client
 import json
 import os
 import stat

@@ -2,7 +2,6 @@
 exec and sandbox timeouts."""
 
 import os
-import threading
 import time
 
 import moat

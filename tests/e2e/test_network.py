@@ -79,15 +79,7 @@ def moatd(request, net, zone):
 @pytest.fixture
 def make(moatd):
     """make(network=..., ports=...) -> a sandbox deleted after the test."""
-    made = []
-
-    def create(**kwargs):
-        sb = moat.Sandbox.create(socket=moatd.socket, **kwargs)
-        made.append(sb)
-        return sb
-    yield create
-    for sb in made:
-        sb.terminate()
+    yield from moatd_harness.sandbox_maker(moatd)
 
 
 # --- probes run inside a sandbox ------------------------------------------------

@@ -4,8 +4,6 @@ in tiny pieces."""
 import socket
 import time
 
-import moat
-
 from moatd_harness import vmrss_kib
 
 

@@ -6,7 +6,6 @@ devices: other sandboxes' volumes, the host's disks) to every such
 namespace. The filter refuses NETLINK_KOBJECT_UEVENT sockets, so a workload
 cannot listen to them.
 """
-import os
 import subprocess
 import threading
 import time

@@ -83,15 +83,8 @@ def moatd(request, net, zone):
 
 @pytest.fixture
 def make(moatd):
-    made = []
-
-    def create(**kwargs):
-        sb = moat.Sandbox.create(socket=moatd.socket, **kwargs)
-        made.append(sb)
-        return sb
-    yield create
-    for sb in made:
-        sb.terminate()
+    """make(network=..., ports=...) -> a sandbox deleted after the test."""
+    yield from moatd_harness.sandbox_maker(moatd)
 
 
 # Counting listeners in the fixture netns ("the outside"): TCP 80 (the real

@@ -3,7 +3,6 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,13 +12,14 @@
 #include <unistd.h>
 
 #include "common/cleanup.h"
+#include "sha256.h"
 
 #define DEPTH_MAX 256
 #define COPY_BUFFER (128 * 1024)
 
 struct walk {
         const struct tree_copy_options *options;
-        EVP_MD_CTX *hash;
+        struct sha256 *hash;
         char *buffer;
         char path[4096]; /* relative path of the current entry, for the digest and messages */
         struct tree_copy_result *result;
@@ -79,8 +79,8 @@ static void hash_header(struct walk *walk, char type, const struct stat *st, uid
         int n = snprintf(header, sizeof(header), "%c %o %u %u %lld ", type, (unsigned)(st->st_mode & 07777),
                          (unsigned)uid, (unsigned)gid, (long long)(S_ISREG(st->st_mode) ? st->st_size : 0));
 
-        EVP_DigestUpdate(walk->hash, walk->path, strlen(walk->path) + 1);
-        EVP_DigestUpdate(walk->hash, header, (size_t)n);
+        sha256_update(walk->hash, walk->path, strlen(walk->path) + 1);
+        sha256_update(walk->hash, header, (size_t)n);
 }
 
 static void map_owner(const struct walk *walk, const struct stat *st, uid_t *uid, gid_t *gid)
@@ -117,8 +117,8 @@ static int copy_xattrs(int source_fd, int target_fd, struct walk *walk, struct m
                 size = fgetxattr(source_fd, name, value, sizeof(value));
                 if (size < 0)
                         continue;
-                EVP_DigestUpdate(walk->hash, name, strlen(name) + 1);
-                EVP_DigestUpdate(walk->hash, value, (size_t)size);
+                sha256_update(walk->hash, name, strlen(name) + 1);
+                sha256_update(walk->hash, value, (size_t)size);
                 if (fsetxattr(target_fd, name, value, (size_t)size, 0) < 0)
                         return moat_error_system(err, errno, "set xattr %s on `%s`", name, walk->path);
         }
@@ -151,7 +151,7 @@ static int copy_file_as(int source_dir, const char *name, int target_dir, const 
                         return moat_error_system(err, errno, "read `%s`", walk->path);
                 if (n == 0)
                         break;
-                EVP_DigestUpdate(walk->hash, walk->buffer, (size_t)n);
+                sha256_update(walk->hash, walk->buffer, (size_t)n);
                 for (ssize_t done = 0; done < n;) {
                         ssize_t w = write(out, walk->buffer + done, (size_t)(n - done));
                         if (w < 0 && errno != EINTR)
@@ -224,7 +224,7 @@ static int copy_entry(int source_dir, int target_dir, const char *name, int dept
                 }
                 target[n] = '\0';
                 hash_header(walk, 'l', &st, uid, gid);
-                EVP_DigestUpdate(walk->hash, target, (size_t)n + 1);
+                sha256_update(walk->hash, target, (size_t)n + 1);
                 if (symlinkat(target, target_dir, name) < 0 || fchownat(target_dir, name, uid, gid, AT_SYMLINK_NOFOLLOW) < 0 ||
                     utimensat(target_dir, name, (struct timespec[]){st.st_atim, st.st_mtim}, AT_SYMLINK_NOFOLLOW) < 0)
                         r = moat_error_system(err, errno, "symlink `%s`", walk->path);
@@ -264,22 +264,35 @@ static int copy_directory(int source_fd, int target_fd, int depth, struct walk *
         return r;
 }
 
+/* A walk's hash and copy buffer; walk_end frees whatever walk_start made,
+ * even when it failed half-way. */
+static int walk_start(struct walk *walk, const struct tree_copy_options *options, struct tree_copy_result *result,
+                      struct moat_error **err)
+{
+        *walk = (struct walk){.options = options, .result = result};
+        memset(result, 0, sizeof(*result));
+        walk->hash = sha256_new();
+        walk->buffer = malloc(COPY_BUFFER);
+        if (!walk->hash || !walk->buffer)
+                return moat_error_set(err, MOAT_ERROR_INTERNAL, ENOMEM, NULL, "start sha256");
+        return 0;
+}
+
+static void walk_end(struct walk *walk)
+{
+        sha256_free(walk->hash);
+        free(walk->buffer);
+}
+
 int tree_copy(int source_dir_fd, int target_dir_fd, const struct tree_copy_options *options,
               struct tree_copy_result *result, struct moat_error **err)
 {
-        struct walk walk = {.options = options, .result = result};
-        unsigned char digest[EVP_MAX_MD_SIZE];
-        unsigned digest_length = 0;
+        struct walk walk;
         struct stat st;
         int r = -1;
 
-        memset(result, 0, sizeof(*result));
-        walk.hash = EVP_MD_CTX_new();
-        walk.buffer = malloc(COPY_BUFFER);
-        if (!walk.hash || !walk.buffer || EVP_DigestInit_ex(walk.hash, EVP_sha256(), NULL) != 1) {
-                moat_error_set(err, MOAT_ERROR_INTERNAL, ENOMEM, NULL, "start sha256");
+        if (walk_start(&walk, options, result, err) < 0)
                 goto out;
-        }
         if (fstat(source_dir_fd, &st) < 0) {
                 moat_error_system(err, errno, "stat source");
                 goto out;
@@ -298,41 +311,28 @@ int tree_copy(int source_dir_fd, int target_dir_fd, const struct tree_copy_optio
                         goto out;
                 }
         }
-        EVP_DigestFinal_ex(walk.hash, digest, &digest_length);
-        for (unsigned i = 0; i < digest_length && i < 32; i++)
-                snprintf(result->digest + i * 2, 3, "%02x", digest[i]);
+        sha256_final_hex(walk.hash, result->digest);
         r = 0;
 out:
-        EVP_MD_CTX_free(walk.hash);
-        free(walk.buffer);
+        walk_end(&walk);
         return r;
 }
 
 int tree_copy_file(int source_dir_fd, const char *name, int target_dir_fd, const char *target_name,
                    const struct tree_copy_options *options, struct tree_copy_result *result, struct moat_error **err)
 {
-        struct walk walk = {.options = options, .result = result};
-        unsigned char digest[EVP_MAX_MD_SIZE];
-        unsigned digest_length = 0;
+        struct walk walk;
         int r = -1;
 
-        memset(result, 0, sizeof(*result));
-        snprintf(walk.path, sizeof(walk.path), "%s", name);
-        walk.hash = EVP_MD_CTX_new();
-        walk.buffer = malloc(COPY_BUFFER);
-        if (!walk.hash || !walk.buffer || EVP_DigestInit_ex(walk.hash, EVP_sha256(), NULL) != 1) {
-                moat_error_set(err, MOAT_ERROR_INTERNAL, ENOMEM, NULL, "start sha256");
+        if (walk_start(&walk, options, result, err) < 0)
                 goto out;
-        }
+        snprintf(walk.path, sizeof(walk.path), "%s", name);
         result->entries = 1;
         if (copy_file_as(source_dir_fd, name, target_dir_fd, target_name, &walk, err) < 0)
                 goto out;
-        EVP_DigestFinal_ex(walk.hash, digest, &digest_length);
-        for (unsigned i = 0; i < digest_length && i < 32; i++)
-                snprintf(result->digest + i * 2, 3, "%02x", digest[i]);
+        sha256_final_hex(walk.hash, result->digest);
         r = 0;
 out:
-        EVP_MD_CTX_free(walk.hash);
-        free(walk.buffer);
+        walk_end(&walk);
         return r;
 }

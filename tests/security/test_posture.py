@@ -72,7 +72,7 @@ READ_ONLY = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-tri
 # Writable mounts that cannot be nodev: the documented device nodes,
 # bind-mounted from the host's devtmpfs (mknod is impossible in a user
 # namespace), and the private devpts whose pty slaves are devices. They must
-# still not be executable or setuid carriers (checked separately).
+# still be nosuid and noexec (src/cell/rootfs.c mount_dev).
 DEVICE_BIND_ROOTS = {"/null", "/zero", "/full", "/random", "/urandom", "/tty"}
 
 WAIT_SECONDS = 40  # posture holds its processes at most this long for the host side
@@ -252,6 +252,11 @@ def mount_findings(report, host_devpts_devices):
         writable.append("%s %s %s %s" % (mount["point"], mount["fstype"], mount["root"], mount["options"]))
         device_bind = mount["fstype"] == "devtmpfs" and mount["root"] in DEVICE_BIND_ROOTS
         if device_bind or mount["fstype"] == "devpts":
+            # dev is needed there; nosuid and noexec are not optional.
+            for needed in ("nosuid", "noexec"):
+                if needed not in options:
+                    findings.append("device mount %s (%s) lacks %s: %s"
+                                    % (mount["point"], mount["fstype"], needed, mount["options"]))
             continue
         for needed in ("nosuid", "nodev"):
             if needed not in options:
